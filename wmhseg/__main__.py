@@ -1,0 +1,3 @@
+from wmhseg.cli import main
+
+main()
