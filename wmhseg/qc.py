@@ -112,7 +112,7 @@ def save_overlay_png(
                 origin="lower",
                 extent=extent,
             )
-        for index, (name, mask) in enumerate(masks.items()):
+        for index, mask in enumerate(masks.values()):
             if np.any(mask[:, :, k]):
                 axis.contour(
                     mask[:, :, k].T.astype(np.float32),
@@ -132,8 +132,14 @@ def save_overlay_png(
             plt.Line2D([0], [0], color=OUTLINE_COLOURS[i % len(OUTLINE_COLOURS)], label=name)
             for i, name in enumerate(masks)
         ]
-        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
-                      labelcolor="white")
+        figure.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=len(handles),
+            fontsize=8,
+            frameon=False,
+            labelcolor="white",
+        )
     if title:
         figure.suptitle(title, color="white", fontsize=10)
 
