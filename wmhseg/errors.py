@@ -7,6 +7,7 @@ exits with a non-zero code; tracebacks are shown only with ``--debug``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -21,7 +22,7 @@ class InputImageError(WmhsegError):
 
     exit_code = 2
 
-    def __init__(self, path: str | Path | None, message: str) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None, message: str) -> None:
         self.path = Path(path) if path is not None else None
         prefix = f"{self.path}: " if self.path is not None else ""
         super().__init__(prefix + message)

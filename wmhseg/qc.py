@@ -50,7 +50,7 @@ def choose_axial_slices(
     return sorted(chosen)
 
 
-def _intensity_window(volume: npt.NDArray[np.floating]) -> tuple[float, float]:
+def _intensity_window(volume: npt.NDArray[np.generic]) -> tuple[float, float]:
     values = volume[volume != 0]
     if values.size == 0:
         return 0.0, 1.0
