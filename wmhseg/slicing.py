@@ -1,7 +1,7 @@
 """The network's view of a volume: axial slices in RAS order at a fixed in-plane voxel size.
 
-Training and inference both go through :func:`to_network_grid`, so that a model sees slices of
-the same orientation and millimetre scale whatever the scanner wrote (LPS raw scans at 0.72 mm,
+Training and inference both go through :func:`to_network_grid`, so that a model receives slices
+of the same orientation and millimetre scale whatever the scanner wrote (LPS raw scans at 0.72 mm,
 LAS MNI images at 1 mm, ...). :func:`from_network_grid` maps a network output back onto the
 voxel grid of the original image. Slices are never resampled across the slice axis, because
 clinical FLAIRs are often 3 to 5 mm thick and 2D networks work slice by slice.
@@ -17,13 +17,13 @@ from skimage.transform import resize
 
 from wmhseg.convert import from_ras, ras_affine, to_ras
 
-# In-plane voxel size (mm) of every slice the network sees.
+# In-plane voxel size (mm) of every slice given to the network.
 IN_PLANE_SPACING_MM = 1.0
 
 
 @dataclass(frozen=True)
 class NetworkGrid:
-    """How a volume was mapped to the network grid, so that the mapping can be undone."""
+    """Record of the mapping from an image's voxel grid to the network grid, for undoing it."""
 
     affine: tuple[tuple[float, ...], ...]
     original_shape: tuple[int, int, int]
