@@ -105,7 +105,7 @@ def hausdorff_95(
 
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     if spacing.shape != (3,) or np.any(spacing <= 0):
-        raise ValueError(f"spacing_mm must be three positive voxel sizes, got {spacing_mm}")
+        raise ValueError(f"spacing_mm must be three positive voxel sizes, got {spacing.tolist()}")
     predicted_points = np.argwhere(_boundary(predicted)) * spacing
     true_points = np.argwhere(_boundary(true)) * spacing
 
