@@ -2,7 +2,8 @@
 
 NIfTI affines (nibabel) map voxels to RAS+ world coordinates. ITK, and so ANTs and SimpleITK,
 store origin and direction in LPS+ coordinates, and SimpleITK's arrays are indexed (z, y, x).
-These are the only places in wmhseg where that is handled; no other module converts on its own.
+Networks take batches of axial slices shaped (N, 1, H, W). These are the only places in wmhseg
+where that is handled; no other module converts on its own.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def affine_to_itk(
     """Split a RAS+ NIfTI affine into ITK (LPS+) origin, spacing and 3×3 direction."""
     matrix = np.asarray(affine, dtype=np.float64)
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    unit = matrix[:3, :3] / spacing
+    # ITK stores a direction and a spacing, so it cannot represent shear; io.load_image rejects
+    # sheared files, and this keeps a computed affine from being silently distorted.
+    if not np.allclose(unit.T @ unit, np.eye(3), atol=1e-4):
+        raise ValueError(f"affine is sheared and has no ITK equivalent:\n{matrix}")
     direction = RAS_TO_LPS @ (matrix[:3, :3] / spacing)
     origin = RAS_TO_LPS @ matrix[:3, 3]
     return tuple(origin.tolist()), tuple(spacing.tolist()), direction
@@ -39,8 +45,10 @@ def itk_to_affine(
 ) -> npt.NDArray[np.float64]:
     """Build a RAS+ NIfTI affine from ITK (LPS+) origin, spacing and 3×3 direction."""
     affine = np.eye(4)
-    affine[:3, :3] = RAS_TO_LPS @ np.asarray(direction, dtype=np.float64).reshape(3, 3) @ np.diag(
-        np.asarray(spacing, dtype=np.float64)
+    affine[:3, :3] = (
+        RAS_TO_LPS
+        @ np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        @ np.diag(np.asarray(spacing, dtype=np.float64))
     )
     affine[:3, 3] = RAS_TO_LPS @ np.asarray(origin, dtype=np.float64)
     return affine
@@ -80,6 +88,11 @@ def sitk_to_nib(image: sitk.Image) -> nib.Nifti1Image:
     """Convert a 3D SimpleITK image to a nibabel image with the same world geometry."""
     import SimpleITK as sitk
 
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(
+            f"expected a 3D scalar SimpleITK image, got dimension {image.GetDimension()} with "
+            f"{image.GetNumberOfComponentsPerPixel()} components per voxel"
+        )
     affine = itk_to_affine(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     return nib.Nifti1Image(np.ascontiguousarray(data), affine)
@@ -109,3 +122,23 @@ def ras_affine(affine: npt.ArrayLike, shape: tuple[int, ...]) -> npt.NDArray[np.
     orientation = nib.io_orientation(matrix)
     transform = nib.orientations.ornt_transform(orientation, _RAS_ORIENTATION)
     return matrix @ nib.orientations.inv_ornt_aff(transform, shape[:3])
+
+
+def volume_to_batch(volume: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
+    """Turn a network-grid volume ``(H, W, N)`` into a batch of axial slices ``(N, 1, H, W)``.
+
+    ``volume[:, :, k]`` becomes ``batch[k, 0]``; pass the result to ``torch.from_numpy``.
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D volume (H, W, N), got shape {volume.shape}")
+    return np.ascontiguousarray(np.moveaxis(volume, 2, 0)[:, None], dtype=np.float32)
+
+
+def batch_to_volume(batch: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    """Undo :func:`volume_to_batch`: turn ``(N, 1, H, W)`` network output into ``(H, W, N)``.
+
+    Give it ``tensor.detach().cpu().numpy()``; the dtype is kept.
+    """
+    if batch.ndim != 4 or batch.shape[1] != 1:
+        raise ValueError(f"expected a batch of shape (N, 1, H, W), got {batch.shape}")
+    return np.ascontiguousarray(np.moveaxis(batch[:, 0], 0, 2))
