@@ -1,6 +1,6 @@
 """Command-line interface: thin commands over the library functions."""
 
-from wmhseg.cli import evaluate, predict, preprocess, train  # noqa: F401  (register commands)
+from wmhseg.cli import check, evaluate, predict, preprocess, train  # noqa: F401  (register commands)
 from wmhseg.cli.app import app
 
 
