@@ -272,3 +272,17 @@ def test_duplicate_names_rejected(tmp_path: Path) -> None:
         inference.check_unique_names(
             [tmp_path / "a" / "FLAIR.nii.gz", tmp_path / "b" / "FLAIR.nii"]
         )
+
+
+def test_network_sees_brain_box_only() -> None:
+    affine = np.eye(4)
+    volume = np.zeros((80, 90, 3), dtype=np.float32)
+    brain = np.zeros(volume.shape, dtype=bool)
+    brain[30:40, 20:30, :] = True
+    volume[brain] = 1.0
+    volume[35, 25, 1] = 5.0
+    predictor = _predictor(size_divisor=1)
+    probabilities = inference.predict_probabilities(predictor, volume, affine, brain_mask=brain)
+    margin = inference.BRAIN_BOX_MARGIN
+    assert predictor.model.seen_shapes[0][-2:] == (10 + 2 * margin, 10 + 2 * margin)
+    assert probabilities[35, 25, 1] > 0.99

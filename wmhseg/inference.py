@@ -44,6 +44,9 @@ Modality = Literal["t1", "flair"]
 # Preprocessing stages that a single scan can need; registration needs a second image.
 SKIPPABLE_STAGES = ("n4", "skullstrip", "whitestripe")
 
+# Voxels of background kept around the brain's in-plane bounding box on the network grid.
+BRAIN_BOX_MARGIN = 8
+
 STATS_FILE_NAME = "wmh_stats.csv"
 STATS_COLUMNS = (
     "image",
@@ -211,19 +214,43 @@ def predict_probabilities(
     normalized: npt.NDArray[np.float32],
     affine: npt.ArrayLike,
     *,
+    brain_mask: npt.NDArray[np.bool_] | None = None,
     batch_size: int = 16,
 ) -> npt.NDArray[np.float32]:
-    """Return WMH probabilities on the grid of ``normalized`` (a WhiteStripe-normalized volume)."""
+    """Return WMH probabilities on the grid of ``normalized`` (a WhiteStripe-normalized volume).
+
+    With ``brain_mask``, the network sees only the in-plane bounding box of the brain plus
+    :data:`BRAIN_BOX_MARGIN` voxels, as in training, where slices are cropped around the brain;
+    probabilities outside that box are 0.
+    """
     volume, grid = slicing.to_network_grid(normalized, affine)
-    network_probabilities = predict_slices(
+    volume = np.asarray(volume, dtype=np.float32)
+    box = (slice(None), slice(None))
+    if brain_mask is not None:
+        brain_grid, _ = slicing.to_network_grid(brain_mask.astype(np.uint8), affine, is_label=True)
+        box = _brain_box(np.asarray(brain_grid) > 0)
+
+    network_probabilities = np.zeros(volume.shape, dtype=np.float32)
+    network_probabilities[box] = predict_slices(
         predictor.model,
-        np.asarray(volume, dtype=np.float32),
+        volume[box],
         size_divisor=int(predictor.info.size_divisor),
         device=predictor.device,
         batch_size=batch_size,
     )
     restored = slicing.from_network_grid(network_probabilities, grid)
     return np.clip(np.asarray(restored, dtype=np.float32), 0.0, 1.0)
+
+
+def _brain_box(brain: npt.NDArray[np.bool_]) -> tuple[slice, slice]:
+    if not brain.any():
+        return slice(None), slice(None)
+    xs = np.flatnonzero(brain.any(axis=(1, 2)))
+    ys = np.flatnonzero(brain.any(axis=(0, 2)))
+    return (
+        slice(max(int(xs[0]) - BRAIN_BOX_MARGIN, 0), int(xs[-1]) + 1 + BRAIN_BOX_MARGIN),
+        slice(max(int(ys[0]) - BRAIN_BOX_MARGIN, 0), int(ys[-1]) + 1 + BRAIN_BOX_MARGIN),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,9 +311,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _preprocess(
+def preprocess_single_scan(
     image: nib.Nifti1Image, path: Path, modality: Modality, options: PredictOptions
 ) -> tuple[nib.Nifti1Image, npt.NDArray[np.bool_], list[str], dict[str, float], list[str]]:
+    """Run the preprocessing one scan needs, skipping stages by option or by detection.
+
+    Returns (normalized image, brain mask, stages run, stage timings, stages detected as done).
+    """
     from wmhseg.preprocess import pipeline, skullstrip
 
     skip = set(options.skip)
@@ -329,7 +360,7 @@ def predict_image(
     logger.info("%s: modality %s (from the %s)", path, modality, modality_source)
 
     step = time.perf_counter()
-    normalized, brain_mask, stages_run, stage_timings, detected = _preprocess(
+    normalized, brain_mask, stages_run, stage_timings, detected = preprocess_single_scan(
         image, path, modality, options
     )
     timings["preprocess"] = time.perf_counter() - step
@@ -339,6 +370,7 @@ def predict_image(
         predictor,
         normalized.get_fdata(dtype=np.float32),
         image.affine,
+        brain_mask=brain_mask,
         batch_size=options.batch_size,
     )
     threshold = float(
