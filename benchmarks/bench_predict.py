@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import tempfile
 import resource
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,14 @@ def main() -> None:
         (_preprocess_phase, (arguments.image, scratch, arguments.threads, queue)),
         (
             _network_phase,
-            (arguments.image, scratch, arguments.threads, arguments.model, arguments.repeats, queue),
+            (
+                arguments.image,
+                scratch,
+                arguments.threads,
+                arguments.model,
+                arguments.repeats,
+                queue,
+            ),
         ),
     ]
     for target, args in phases:
