@@ -1,6 +1,13 @@
 """Command-line interface: thin commands over the library functions."""
 
-from wmhseg.cli import check, evaluate, predict, preprocess, train  # noqa: F401  (register commands)
+from wmhseg.cli import (  # noqa: F401  (register commands)
+    check,
+    evaluate,
+    experiment,
+    predict,
+    preprocess,
+    train,
+)
 from wmhseg.cli.app import app
 
 

@@ -91,8 +91,9 @@ def experiment_command(
 ) -> None:
     """Train and test every method on subject-level folds and print the comparison table.
 
-    The table has DSC-F and DSC-T (mean ± s.d.) per setup and method and GAIN-µ and GAIN-σ
-    against F50-T50. Interrupted experiments resume when run again with the same options.
+    The table lists DSC-F and DSC-T (mean ± s.d.) per setup and method,
+    and GAIN-µ and GAIN-σ against F50-T50.
+    An interrupted experiment resumes when run again with the same options.
     """
     if group_by not in ("run", "repeat"):
         raise typer.BadParameter("use 'run' or 'repeat'", param_hint="--group-by")
