@@ -27,6 +27,7 @@ import tempfile
 import warnings
 import zlib
 from collections.abc import Iterable
+from io import BytesIO
 from pathlib import Path
 
 import nibabel as nib
@@ -204,9 +205,12 @@ def read_nifti_bytes(path: PathLike) -> bytes:
 
 def _image_from_bytes(path: Path, raw: bytes) -> nib.Nifti1Image | nib.Nifti2Image:
     image_class = nib.Nifti2Image if raw[4:8] == _NIFTI2_MAGIC else nib.Nifti1Image
+    # The header is checked on its own first, because nibabel reads the voxels of an in-memory
+    # file at once and a short file would fail there with a bare OSError.
     try:
-        image = image_class.from_bytes(raw)
-        dtype = image.header.get_data_dtype()
+        header = image_class.header_class.from_fileobj(BytesIO(raw))
+        shape = header.get_data_shape()
+        dtype = header.get_data_dtype()
     except Exception as error:  # nibabel raises several unrelated types for bad headers
         raise InputImageError(path, f"invalid NIfTI header ({error}).") from error
 
@@ -214,18 +218,20 @@ def _image_from_bytes(path: Path, raw: bytes) -> nib.Nifti1Image | nib.Nifti2Ima
         raise InputImageError(
             path, f"voxels are stored as {dtype} (RGB, complex or similar); give a scalar image."
         )
-    if any(int(size) <= 0 for size in image.shape):
-        raise InputImageError(path, f"image has an empty dimension (shape {image.shape}).")
+    if any(int(size) <= 0 for size in shape):
+        raise InputImageError(path, f"image has an empty dimension (shape {shape}).")
 
-    header = image.header
-    expected = int(header["vox_offset"]) + int(np.prod(image.shape)) * dtype.itemsize
+    expected = int(header["vox_offset"]) + int(np.prod(shape)) * dtype.itemsize
     if len(raw) < expected:
         raise InputImageError(
             path,
             f"file is truncated or corrupt: the header promises {expected} bytes, the file has "
             f"{len(raw)}. Copy or re-export the image again.",
         )
-    return image
+    try:
+        return image_class.from_bytes(raw)
+    except Exception as error:
+        raise InputImageError(path, f"invalid NIfTI file ({error}).") from error
 
 
 def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
