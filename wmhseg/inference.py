@@ -396,7 +396,7 @@ def predict_image(
             image.get_fdata(dtype=np.float32),
             image.affine,
             paths["qc"],
-            outlines={"brain mask": brain_mask, "WMH": mask},
+            outlines={"WMH": mask, "brain mask": brain_mask},
             title=f"{path.name}: WMH {wmh_volume_ml:.2f} mL, {lesion_count} lesions",
             overwrite=options.overwrite,
         )

@@ -28,8 +28,9 @@ from scipy.spatial import cKDTree
 # Lesions are 26-connected (the challenge's fully connected components in 3D).
 LESION_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 
-# Boundary voxels are those removed by an in-plane 3×3 erosion (no erosion across slices,
-# because clinical FLAIRs have thick slices); the challenge uses the same 2D erosion.
+# Boundary voxels are those removed by an in-plane 3×3 erosion. The challenge's script also
+# erodes in 2D only (SimpleITK BinaryErode with radius (1, 1, 0)).
+# NOTE: ITK's ball kernel of radius 1 may differ from this full 3×3 square at lesion corners.
 _BOUNDARY_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _BOUNDARY_STRUCTURE[:, :, 1] = True
 
