@@ -286,3 +286,13 @@ def test_network_sees_brain_box_only() -> None:
     margin = inference.BRAIN_BOX_MARGIN
     assert predictor.model.seen_shapes[0][-2:] == (10 + 2 * margin, 10 + 2 * margin)
     assert probabilities[35, 25, 1] > 0.99
+
+
+def test_network_skips_slices_without_brain() -> None:
+    volume = np.zeros((20, 20, 6), dtype=np.float32)
+    brain = np.zeros(volume.shape, dtype=bool)
+    brain[5:15, 5:15, 2:4] = True
+    volume[brain] = 1.0
+    predictor = _predictor(size_divisor=1)
+    inference.predict_probabilities(predictor, volume, np.eye(4), brain_mask=brain)
+    assert sum(shape[0] for shape in predictor.model.seen_shapes) == 2

@@ -219,13 +219,13 @@ def predict_probabilities(
 ) -> npt.NDArray[np.float32]:
     """Return WMH probabilities on the grid of ``normalized`` (a WhiteStripe-normalized volume).
 
-    With ``brain_mask``, the network sees only the in-plane bounding box of the brain plus
-    :data:`BRAIN_BOX_MARGIN` voxels, as in training, where slices are cropped around the brain;
-    probabilities outside that box are 0.
+    With ``brain_mask``, the network sees only the axial slices that contain brain, cropped to
+    the brain's in-plane bounding box plus :data:`BRAIN_BOX_MARGIN` voxels, as in training,
+    where slices are cropped around the brain. Probabilities outside that box are 0.
     """
     volume, grid = slicing.to_network_grid(normalized, affine)
     volume = np.asarray(volume, dtype=np.float32)
-    box = (slice(None), slice(None))
+    box: tuple[slice, slice, Any] = (slice(None), slice(None), slice(None))
     if brain_mask is not None:
         brain_grid, _ = slicing.to_network_grid(brain_mask.astype(np.uint8), affine, is_label=True)
         box = _brain_box(np.asarray(brain_grid) > 0)
@@ -233,7 +233,7 @@ def predict_probabilities(
     network_probabilities = np.zeros(volume.shape, dtype=np.float32)
     network_probabilities[box] = predict_slices(
         predictor.model,
-        volume[box],
+        np.asarray(volume[box], dtype=np.float32),
         size_divisor=int(predictor.info.size_divisor),
         device=predictor.device,
         batch_size=batch_size,
@@ -242,14 +242,17 @@ def predict_probabilities(
     return np.clip(np.asarray(restored, dtype=np.float32), 0.0, 1.0)
 
 
-def _brain_box(brain: npt.NDArray[np.bool_]) -> tuple[slice, slice]:
+def _brain_box(brain: npt.NDArray[np.bool_]) -> tuple[slice, slice, Any]:
+    # In-plane bounding box plus a margin, and only the axial slices that contain brain.
     if not brain.any():
-        return slice(None), slice(None)
+        return slice(None), slice(None), slice(None)
     xs = np.flatnonzero(brain.any(axis=(1, 2)))
     ys = np.flatnonzero(brain.any(axis=(0, 2)))
+    zs = np.flatnonzero(brain.any(axis=(0, 1)))
     return (
         slice(max(int(xs[0]) - BRAIN_BOX_MARGIN, 0), int(xs[-1]) + 1 + BRAIN_BOX_MARGIN),
         slice(max(int(ys[0]) - BRAIN_BOX_MARGIN, 0), int(ys[-1]) + 1 + BRAIN_BOX_MARGIN),
+        zs,
     )
 
 
