@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import gzip
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,6 +129,118 @@ def run_cli() -> Callable[..., Result]:
     """Invoke the wmhseg CLI in-process and return the result (stdout and stderr kept apart)."""
 
     def invoke(*arguments: str | Path) -> Result:
-        return CliRunner().invoke(app, [str(argument) for argument in arguments])
+        # A wide terminal keeps Rich from wrapping messages in the middle of a phrase.
+        return CliRunner().invoke(
+            app, [str(argument) for argument in arguments], env={"COLUMNS": "400"}
+        )
 
     return invoke
+
+
+# Linux capability numbers and the prctl operation that removes one from the bounding set.
+_CAP_DAC_OVERRIDE = 1
+_CAP_DAC_READ_SEARCH = 2
+_PR_CAPBSET_DROP = 24
+
+
+def _drop_permission_override() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+
+
+def run_cli_subject_to_permissions(*arguments: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m wmhseg ARGUMENTS`` in a process that file permission bits apply to.
+
+    Root ignores permission bits through CAP_DAC_OVERRIDE, and CI runs tests as root. The child
+    drops that capability from its bounding set before exec, so a read-only folder stays
+    read-only for it. Skips the test where the capability cannot be dropped.
+    """
+    command = [sys.executable, "-m", "wmhseg", *map(str, arguments)]
+    environment = {**os.environ, "COLUMNS": "400"}
+    if os.geteuid() != 0:
+        return subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    try:
+        return subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=environment,
+            check=False,
+            preexec_fn=_drop_permission_override,
+        )
+    except subprocess.SubprocessError as error:
+        pytest.skip(f"running as root and cannot drop CAP_DAC_OVERRIDE ({error})")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Write a checkpoint of a 2-channel U-Net with random weights (for fast CLI runs)."""
+    import torch
+
+    from wmhseg import checkpoint
+    from wmhseg.models import build_model
+
+    torch.manual_seed(0)
+    kwargs = {"width": 2, "depth": 2}
+    model = build_model("unet", **kwargs)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    checkpoint.save_checkpoint(
+        {
+            "format_version": checkpoint.FORMAT_VERSION,
+            "model_name": "unet",
+            "model_kwargs": kwargs,
+            "model_state": model.state_dict(),
+            "size_divisor": 4,
+            "threshold": 0.5,
+            "in_plane_spacing_mm": 1.0,
+            "wmhseg_version": "test",
+            "training": {"command": "none: random weights for tests"},
+        },
+        path,
+    )
+    return path
+
+
+def write_training_subjects(
+    root: Path,
+    *,
+    subjects: int = 2,
+    domains: tuple[str, ...] = ("FLAIR", "T1"),
+    shape: tuple[int, int, int] = (24, 28, 6),
+) -> Path:
+    """Write tiny labelled subjects ``root/<subject>/{<domain>,wmh}.nii.gz`` for training tests.
+
+    A disc of "brain" (values around 0, 0 outside) holds a square lesion that is bright in
+    FLAIR (and any other domain) and dark in T1, in every slice.
+    """
+    from wmhseg import io
+
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    reference = nib.Nifti1Image(np.zeros(shape, dtype=np.float32), affine)
+    reference.set_sform(affine, code=1)
+    reference.set_qform(affine, code=1)
+    x, y = np.mgrid[: shape[0], : shape[1]]
+    disc = (x - shape[0] / 2) ** 2 + (y - shape[1] / 2) ** 2 < (min(shape[:2]) / 2 - 1) ** 2
+    for index in range(subjects):
+        rng = np.random.default_rng(index)
+        folder = root / f"sub{index:02d}"
+        folder.mkdir(parents=True)
+        label = np.zeros(shape, dtype=np.uint8)
+        corner = 6 + index % 3
+        label[corner : corner + 5, corner : corner + 4, :] = 1
+        for domain in domains:
+            contrast = -3.0 if domain == "T1" else 4.0
+            data = rng.normal(0.0, 0.3, shape).astype(np.float32) + contrast * label
+            data *= disc[:, :, None]
+            io.save_image(data, reference, folder / f"{domain}.nii.gz")
+        io.save_mask(label, reference, folder / "wmh.nii.gz")
+    return root
+
+
+@pytest.fixture
+def training_data(tmp_path: Path) -> Path:
+    """Two tiny labelled subjects with FLAIR and T1 (see :func:`write_training_subjects`)."""
+    return write_training_subjects(tmp_path / "data")

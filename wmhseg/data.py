@@ -43,7 +43,8 @@ DOMAINS = ("FLAIR", "T1")
 LABEL_NAMES = ("wmh",)
 BRAIN_MASK_NAME = "brain_mask"
 
-# A slice counts as "inside the brain" with at least this many brain voxels (5 cm² at 1 mm).
+# A slice counts as "inside the brain" with at least this many brain voxels (5 cm² at 1 mm), or
+# a quarter of the largest slice's brain voxels in small images.
 MIN_BRAIN_VOXELS_PER_SLICE = 500
 
 
@@ -159,7 +160,8 @@ def load_subject(files: SubjectFiles) -> SubjectVolumes:
 
 def _index_slices(volumes: SubjectVolumes) -> None:
     per_slice = volumes.brain.sum(axis=(0, 1))
-    volumes.brain_slices = [int(z) for z in np.flatnonzero(per_slice >= MIN_BRAIN_VOXELS_PER_SLICE)]
+    minimum = max(1, min(MIN_BRAIN_VOXELS_PER_SLICE, int(0.25 * per_slice.max())))
+    volumes.brain_slices = [int(z) for z in np.flatnonzero(per_slice >= minimum)]
     lesions = (volumes.label == 1).sum(axis=(0, 1))
     volumes.lesion_slices = [z for z in volumes.brain_slices if lesions[z] > 0]
     xs = np.flatnonzero(volumes.brain.any(axis=(1, 2)))
