@@ -61,14 +61,18 @@ def _predictor(size_divisor: int = 8, integer_output: bool = False) -> inference
 def _scan(
     path: Path,
     shape: tuple[int, int, int] = (40, 48, 12),
-    zooms: tuple[float, ...] = (0.9, 0.9, 3.0),
+    zooms: tuple[float, ...] = (2.0, 2.0, 4.0),
     *,
     with_lesion: bool = True,
 ) -> tuple[Path, np.ndarray]:
-    """Write a skull-stripped-looking FLAIR: brain of 1.0, a lesion of 5.0, background 0."""
+    """Write a skull-stripped-looking FLAIR: brain of 1.0, a lesion of 5.0, background 0.
+
+    Voxels are large so that the brain passes the preprocessing's plausible-volume check
+    (at least 100 mL) in a small array.
+    """
     grid = np.indices(shape).astype(np.float32)
     centre = (np.array(shape, dtype=np.float32) - 1) / 2
-    radius = np.array(shape, dtype=np.float32) * 0.4
+    radius = np.array(shape, dtype=np.float32) * 0.45
     distance = sum(((grid[i] - centre[i]) / radius[i]) ** 2 for i in range(3))
     data = np.where(distance < 1.0, 1.0, 0.0).astype(np.float32)
     data += np.random.default_rng(0).normal(0, 0.05, shape).astype(np.float32) * (data > 0)
@@ -183,9 +187,13 @@ def test_predict_image_keeps_header(tmp_path: Path) -> None:
     assert metrics.dice(np.asarray(written.dataobj), lesion) > 0.9
 
 
-@pytest.mark.parametrize("shape", [(61, 75, 23), (17, 17, 5)])
-def test_predict_image_odd_sizes(tmp_path: Path, shape: tuple[int, int, int]) -> None:
-    image_path, _ = _scan(tmp_path / "odd_FLAIR.nii.gz", shape=shape, zooms=(1.0, 1.0, 1.0))
+@pytest.mark.parametrize(
+    ("shape", "zooms"), [((61, 75, 23), (2.0, 2.0, 2.0)), ((17, 17, 5), (6.0, 6.0, 8.0))]
+)
+def test_predict_image_odd_sizes(
+    tmp_path: Path, shape: tuple[int, int, int], zooms: tuple[float, float, float]
+) -> None:
+    image_path, _ = _scan(tmp_path / "odd_FLAIR.nii.gz", shape=shape, zooms=zooms)
     result = inference.predict_image(image_path, _predictor(16), tmp_path / "out", _options())
     assert nib.load(result.outputs["mask"]).shape == shape
 

@@ -48,7 +48,7 @@ def _scan(path: Path, shape: tuple[int, int, int] = (30, 34, 9)) -> Path:
     data[5:-5, 5:-5, 1:-1] = np.random.default_rng(1).normal(
         1.0, 0.2, (shape[0] - 10, shape[1] - 10, shape[2] - 2)
     )
-    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    affine = np.diag([4.0, 4.0, 6.0, 1.0])  # large voxels: a brain of plausible volume
     image = nib.Nifti1Image(data, affine)
     image.header.set_sform(affine, code=1)
     image.header.set_qform(affine, code=1)

@@ -334,7 +334,9 @@ def preprocess_single_scan(
         logger.info("%s: skipping preprocessing stages %s", path, ", ".join(sorted(skip)))
 
     # Registration aligns two scans; a single scan has nothing to register to.
-    result = pipeline.preprocess_scan(image, modality=modality, skip=frozenset(skip | {"register"}))
+    result = pipeline.preprocess_scan(
+        image, modality=modality, skip=frozenset(skip | {"register"}), source=str(path)
+    )
     return result.normalized, result.brain_mask, result.stages_run, result.timings_s, detected
 
 
