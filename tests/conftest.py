@@ -55,7 +55,7 @@ def write_nifti(
 ) -> Path:
     """Write ``data`` byte for byte with exactly the given header fields.
 
-    nibabel's own writer recomputes scaling and may reset codes; tests of header handling
+    nibabel's own writer recomputes scaling and may reset codes. Tests of header handling
     need the fields as a broken converter would leave them, so the header and the raw voxel
     bytes are written directly. A ``.gz`` suffix gzip-compresses the file.
     """

@@ -3,8 +3,8 @@ the exit code and that no Python traceback is shown without --debug.
 
 Cases: sheared affines, output headers, 4D files, scaled integer labels, mask data types,
 NaN/Inf and constant images, wrong suffixes and damaged files, DICOM, unwritable outputs.
-Most run through ``wmhseg check`` (the same loader as every command); the cases that must stop
-before long work also run through ``wmhseg predict`` with a tiny random-weight model.
+Most run through ``wmhseg check``, which uses the same loader as every command. The cases that
+must stop before long work also run through ``wmhseg predict`` with a tiny random-weight model.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ def affine_to_itk(
     matrix = np.asarray(affine, dtype=np.float64)
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
     unit = matrix[:3, :3] / spacing
-    # ITK stores a direction and a spacing, so it cannot represent shear; io.load_image rejects
-    # sheared files, and this keeps a computed affine from being silently distorted.
+    # ITK stores only a direction and a spacing, so it cannot represent shear. io.load_image
+    # rejects sheared files, and this check keeps a computed affine from being distorted silently.
     if not np.allclose(unit.T @ unit, np.eye(3), atol=1e-4):
         raise ValueError(f"affine is sheared and has no ITK equivalent:\n{matrix}")
     direction = RAS_TO_LPS @ (matrix[:3, :3] / spacing)

@@ -7,7 +7,7 @@ and bad input turns into one clear :class:`~wmhseg.errors.InputImageError`:
   MGH files and DICOM folders are recognised and rejected with the conversion to run;
 * 4D files with one volume are squeezed with a warning, real 4D files are rejected before any
   ANTs or ITK call;
-* a sheared or missing voxel-to-world transform is rejected, never replaced by an identity; a
+* a sheared or missing voxel-to-world transform is rejected, never replaced by an identity. A
   valid qform replaces a sheared sform only with ``allow_qform`` (CLI flag ``--use-qform``);
 * NaN and Inf voxels are replaced by 0 with a warning, constant images are rejected;
 * outputs copy the reference's shape, sform, qform, their codes and voxel sizes, are written to
@@ -45,8 +45,8 @@ _DICOM_MAGIC_OFFSET = 128
 _NIFTI1_MAGICS = (b"n+1\x00", b"ni1\x00")
 _NIFTI2_MAGIC = b"n+2\x00"
 
-# Columns of a rigid or scaled-rigid affine are orthogonal; this is the largest cosine between
-# two columns that still counts as orthogonal (float32 headers round to about 1e-6).
+# Columns of a rigid or scaled-rigid affine are orthogonal. This is the largest cosine between
+# two columns that still counts as orthogonal, because float32 headers round to about 1e-6.
 ORTHOGONALITY_TOLERANCE = 1e-4
 
 # The voxel count below which a "brain" cannot be a brain at any usual resolution (100 mL at 1 mm).
@@ -300,7 +300,7 @@ def choose_affine(
             )
             return np.asarray(qform, dtype=np.float64)
 
-        shown = np.array2string(np.asarray(sform)[:3], precision=4, suppress_small=True)
+        sform_text = np.array2string(np.asarray(sform)[:3], precision=4, suppress_small=True)
         fix = (
             "Pass --use-qform to use the file's valid qform instead, or fix the header"
             if qform_usable
@@ -310,7 +310,7 @@ def choose_affine(
         raise GeometryError(
             path,
             f"sform is sheared or singular, so it is not a rigid voxel-to-world transform:\n"
-            f"{shown}\n{fix}.",
+            f"{sform_text}\n{fix}.",
         )
 
     if qform_usable:
@@ -402,8 +402,8 @@ def load_label(
 ) -> npt.NDArray[np.uint8]:
     """Read a label file (0 background, 1 WMH, 2 other pathology to ignore) as uint8.
 
-    Scaled integer files (scl_slope, scl_inter) are decoded and rounded to the nearest integer;
-    values more than :data:`LABEL_ROUNDING_TOLERANCE` from an integer, or outside
+    Scaled integer files (scl_slope, scl_inter) are decoded and rounded to the nearest integer.
+    Values more than :data:`LABEL_ROUNDING_TOLERANCE` from an integer, or outside
     ``0..max_label``, are an error. With ``reference``, the label must be on the same grid.
     """
     path = Path(path)
@@ -620,8 +620,8 @@ def check_output_dir(path: PathLike) -> Path:
             break
         existing = existing.parent
     if not existing.is_dir():
-        what = "output path" if existing == path else "parent of the output folder"
-        raise OutputError(f"{existing}: {what} exists and is not a folder; choose a folder.")
+        role = "output path" if existing == path else "parent of the output folder"
+        raise OutputError(f"{existing}: {role} exists and is not a folder; choose a folder.")
     if existing != path and not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(
             f"{path}: cannot create the output folder because {existing} is not writable. "
@@ -697,7 +697,7 @@ def save_image(
     """
     values = np.asarray(data, dtype=np.float32)
     if not np.all(np.isfinite(values)):
-        raise ValueError(f"refusing to write NaN or Inf voxels to {path}")
+        raise ValueError(f"cannot write NaN or Inf voxels to {path}; replace them first")
     return save_nifti(_image_like(values, reference, np.float32), path, overwrite=overwrite)
 
 

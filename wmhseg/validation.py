@@ -72,7 +72,7 @@ def _header_fields(header: nib.Nifti1Header, affine: np.ndarray | None) -> dict[
 
 
 def _header_of_unusable_file(path: Path) -> dict[str, object]:
-    """Return what the header of a rejected file still tells, for the report table."""
+    """Return the header fields of a rejected file that can still be read, for the report table."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
