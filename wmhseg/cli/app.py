@@ -10,6 +10,7 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from wmhseg import __version__
 from wmhseg.errors import WmhsegError
@@ -57,7 +58,9 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
         except WmhsegError as error:
             if state.debug:
                 raise
-            console.print(f"[bold red]Error:[/bold red] {error}", highlight=False, soft_wrap=True)
+            console.print(
+                f"[bold red]Error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(code=error.exit_code) from None
         except KeyboardInterrupt:
             console.print("[bold red]Interrupted.[/bold red]")
