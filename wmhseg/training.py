@@ -95,6 +95,8 @@ class TrainConfig:
     stop_patience: int = 50
     max_epochs: int = 30
     steps_per_epoch: int = 50
+    # Stop after the first epoch that ends past this many minutes of training (None: no limit).
+    time_limit_minutes: float | None = None
     seed: int = 0
     device: str = "auto"
     # Training subjects that keep their FLAIR: a count (random subjects) or names; None: all.
@@ -300,7 +302,7 @@ def evaluate(
     """Return the validation loss (mean over slices) and pooled Dice per domain.
 
     Dice counts voxels over all of a domain's validation slices, label 2 excluded, with the
-    prediction ``sigmoid(logit) > threshold``; it is 1.0 when truth and prediction are empty.
+    prediction ``sigmoid(logit) > threshold``. It is 1.0 when truth and prediction are empty.
     Domains without validation slices are left out.
     """
     model.eval()
@@ -425,7 +427,7 @@ def _step_seed(seed: int, step: int) -> int:
 def train(
     config: TrainConfig, *, progress: Callable[[TrainProgress], None] | None = None
 ) -> TrainResult:
-    """Train a network as ``config`` says and return where the checkpoints are.
+    """Train a network with the options in ``config`` and return the run's outcome.
 
     With ``config.resume`` the run continues from ``out_dir/last.pt`` and reproduces the
     uninterrupted run's weights and learning rate: batches and splits are drawn from
@@ -640,6 +642,13 @@ def train(
                 )
             if without_improvement >= config.stop_patience:
                 stop_reason = "early_stop"
+                break
+            elapsed_minutes = (time.perf_counter() - started) / 60.0
+            if (
+                config.time_limit_minutes is not None
+                and elapsed_minutes > config.time_limit_minutes
+            ):
+                stop_reason = "time_limit"
                 break
 
     history = [dict(zip(_metrics_header(domains), row, strict=True)) for row in metrics_history]

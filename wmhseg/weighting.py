@@ -2,7 +2,7 @@
 
 Implements the method of A. Sicilia et al., "Multi-domain learning by meta-learning: taking
 optimal steps in multi-domain loss landscapes by inner-loop learning", IEEE ISBI 2021, for any
-``torch.nn.Module`` and K ≥ 2 domains (domain 0 is "A", FLAIR in wmhseg; domain 1 is "B", T1).
+``torch.nn.Module`` and K ≥ 2 domains. Domain 0 is "A" (FLAIR in wmhseg), domain 1 is "B" (T1).
 
 One training step (:func:`weighted_step`):
 
@@ -60,7 +60,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class Weighting:
-    """Base class: holds the current weights λ (one per domain, summing to 1)."""
+    """Base class of weighting rules, which store the current weights λ (one per domain, sum 1)."""
 
     #: Whether the rule needs the inner-loop scores H (or their first-order proxy).
     needs_scores: bool = False

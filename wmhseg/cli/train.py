@@ -108,6 +108,12 @@ def train(
     steps_per_epoch: Annotated[
         int, typer.Option("--steps-per-epoch", min=1, help="Training steps between validations.")
     ] = 50,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--time-limit", min=0.0, help="Stop after the epoch that ends past this many minutes."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
     device: Annotated[
         str, typer.Option("--device", help="auto (GPU if available), cpu or cuda.")
@@ -174,6 +180,7 @@ def train(
         stop_patience=stop_patience,
         max_epochs=max_epochs,
         steps_per_epoch=steps_per_epoch,
+        time_limit_minutes=time_limit,
         seed=seed,
         device=device,
         flair_subjects=flair_subjects,
