@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from wmhseg import __version__, checkpoint, data
@@ -424,6 +425,143 @@ def _step_seed(seed: int, step: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _RunState:
+    """The mutable state of a run; everything in it goes into ``last.pt``."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    weighting: Weighting
+    lambda_history: list[list[Any]] = field(default_factory=list)
+    metrics_history: list[list[Any]] = field(default_factory=list)
+    best_score: float = math.inf
+    best_epoch: int = -1
+    best_dice: dict[str, float] = field(default_factory=dict)
+    without_improvement: int = 0
+    start_epoch: int = 0
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def restore(self, path: Path) -> None:
+        """Load the state of ``last.pt``, including the generator states."""
+        state = checkpoint.read_checkpoint(path)
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.scheduler.load_state_dict(state["scheduler_state"])
+        self.weighting.load_state_dict(state["weighting_state"])
+        self.lambda_history = [list(row) for row in state["lambda_history"]]
+        self.metrics_history = [list(row) for row in state["metrics_history"]]
+        self.best_score = float(state["best_score"])
+        self.best_epoch = int(state["training"].get("best_epoch", -1))
+        self.best_dice = dict(state["training"].get("best_validation_dice", {}))
+        self.without_improvement = int(state["epochs_without_improvement"])
+        self.start_epoch = int(state["epoch"]) + 1
+        checkpoint.restore_rng_states(state["rng_states"])
+
+
+def _new_run_state(config: TrainConfig, device: torch.device) -> _RunState:
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, **_model_kwargs(config)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    )
+    return _RunState(model, optimizer, scheduler, make_weighting(config))
+
+
+def _run_epoch(
+    run: _RunState,
+    config: TrainConfig,
+    dataset: data.SliceDataset,
+    epoch: int,
+    *,
+    device: torch.device,
+    progress: Callable[[TrainProgress], None] | None,
+) -> npt.NDArray[np.float64]:
+    """Run one epoch of training steps; return the mean loss per domain."""
+    domains = config.domains
+    per_domain = config.batch_size // len(domains)
+    total_steps = config.max_epochs * config.steps_per_epoch
+    epoch_losses = np.zeros(len(domains))
+    run.model.train()
+    for index in range(config.steps_per_epoch):
+        step = epoch * config.steps_per_epoch + index
+        batches = dataset.sample_batch((config.seed, step), per_domain)
+        batches = [(x.to(device), y.to(device)) for x, y in batches]
+        generator = torch.Generator().manual_seed(_step_seed(config.seed, step))
+        result = weighted_step(
+            run.model,
+            run.optimizer,
+            batches,
+            run.weighting,
+            generator=generator,
+            estimator=config.estimator,
+        )
+        if not all(math.isfinite(v) for v in result.losses):
+            raise TrainingError(
+                f"training diverged at step {step} (loss {result.losses}); lower the "
+                "learning rate with --lr or check the input normalization."
+            )
+        epoch_losses += np.asarray(result.losses)
+        scores = result.scores or [math.nan] * len(domains)
+        run.lambda_history.append(
+            [
+                step,
+                epoch,
+                *result.weights,
+                -1 if result.choice is None else result.choice,
+                *scores,
+                *result.losses,
+            ]
+        )
+        if progress is not None:
+            progress(
+                TrainProgress(
+                    kind="step",
+                    epoch=epoch,
+                    step=step + 1,
+                    total_steps=total_steps,
+                    loss=float(np.dot(result.weights, result.losses)),
+                    weights=result.weights,
+                    lr=run.lr(),
+                )
+            )
+    return epoch_losses / config.steps_per_epoch
+
+
+def _checkpoint_payload(
+    run: _RunState,
+    config: TrainConfig,
+    epoch: int,
+    *,
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "format_version": checkpoint.FORMAT_VERSION,
+        "model_name": config.model,
+        "model_kwargs": _model_kwargs(config),
+        "model_state": run.model.state_dict(),
+        "size_divisor": size_divisor(run.model),
+        "threshold": 0.5,
+        "in_plane_spacing_mm": IN_PLANE_SPACING_MM,
+        "domains": list(config.domains),
+        "wmhseg_version": __version__,
+        "epoch": epoch,
+        "global_step": (epoch + 1) * config.steps_per_epoch,
+        "training": training,
+        "optimizer_state": run.optimizer.state_dict(),
+        "scheduler_state": run.scheduler.state_dict(),
+        "weighting_state": run.weighting.state_dict(),
+        "lambda_history": run.lambda_history,
+        "metrics_history": run.metrics_history,
+        "best_score": run.best_score,
+        "epochs_without_improvement": run.without_improvement,
+        "rng_states": checkpoint.capture_rng_states(),
+    }
+
+
 def train(
     config: TrainConfig, *, progress: Callable[[TrainProgress], None] | None = None
 ) -> TrainResult:
@@ -431,16 +569,17 @@ def train(
 
     With ``config.resume`` the run continues from ``out_dir/last.pt`` and reproduces the
     uninterrupted run's weights and learning rate: batches and splits are drawn from
-    generators seeded by ``(seed, step)``, and the checkpoint holds the model, optimizer,
-    scheduler, λ history and generator states.
+    generators seeded by ``(seed, step)``, and the checkpoint contains the model, optimizer,
+    scheduler, λ history and generator states. ``config.time_limit_minutes`` counts from the
+    start of this call, not of the original run.
 
     Raises:
         TrainingError: on unusable data or options.
-        OutputError: when the run folder cannot be written or holds a run already.
+        OutputError: when the run folder cannot be written or contains a run already.
     """
     started = time.perf_counter()
     _check_config(config)
-    weighting = make_weighting(config)
+    make_weighting(config)  # rejects invalid weighting options before any file is written
     device = resolve_device(config.device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -451,36 +590,10 @@ def train(
 
     loaded = _load_data(config)
     domains = list(config.domains)
-    torch.manual_seed(config.seed)
-    model_kwargs = _model_kwargs(config)
-    model = build_model(config.model, **model_kwargs).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
-    )
-    lambda_history: list[list[Any]] = []
-    metrics_history: list[list[Any]] = []
-    best_score = math.inf
-    best_epoch = -1
-    best_dice: dict[str, float] = {}
-    without_improvement = 0
-    start_epoch = 0
-
+    run = _new_run_state(config, device)
     if config.resume and last_path.exists():
-        state = checkpoint.read_checkpoint(last_path)
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        scheduler.load_state_dict(state["scheduler_state"])
-        weighting.load_state_dict(state["weighting_state"])
-        lambda_history = [list(row) for row in state["lambda_history"]]
-        metrics_history = [list(row) for row in state["metrics_history"]]
-        best_score = float(state["best_score"])
-        best_epoch = int(state["training"].get("best_epoch", -1))
-        best_dice = dict(state["training"].get("best_validation_dice", {}))
-        without_improvement = int(state["epochs_without_improvement"])
-        start_epoch = int(state["epoch"]) + 1
-        checkpoint.restore_rng_states(state["rng_states"])
-        logger.info("resumed %s after epoch %d", last_path, start_epoch - 1)
+        run.restore(last_path)
+        logger.info("resumed %s after epoch %d", last_path, run.start_epoch - 1)
     elif config.resume:
         logger.info("no checkpoint in %s; starting a new run", run_dir)
 
@@ -496,92 +609,45 @@ def train(
         "flair_subjects": loaded.flair_kept,
         "training_slices": {d: len(loaded.dataset.slices[d]) for d in domains},
     }
-    per_domain = config.batch_size // len(domains)
-    total_steps = config.max_epochs * config.steps_per_epoch
-    stop_reason = "max_epochs"
-    epoch = start_epoch - 1
     logger.info(
-        "%s with %d parameters, %d steps per epoch, batch %d (%d per domain)",
+        "%s with %d parameters, %d steps per epoch, batch %d",
         config.model,
-        count_parameters(model),
+        count_parameters(run.model),
         config.steps_per_epoch,
         config.batch_size,
-        per_domain,
     )
 
-    if start_epoch > 0 and without_improvement >= config.stop_patience:
+    stop_reason = "max_epochs"
+    epoch = run.start_epoch - 1
+    if run.start_epoch > 0 and run.without_improvement >= config.stop_patience:
         stop_reason = "early_stop"
-        epoch = start_epoch - 1
     else:
-        for epoch in range(start_epoch, config.max_epochs):
+        for epoch in range(run.start_epoch, config.max_epochs):
             epoch_started = time.perf_counter()
-            epoch_losses = np.zeros(len(domains))
-            model.train()
-            for index in range(config.steps_per_epoch):
-                step = epoch * config.steps_per_epoch + index
-                batches = loaded.dataset.sample_batch((config.seed, step), per_domain)
-                batches = [(x.to(device), y.to(device)) for x, y in batches]
-                generator = torch.Generator().manual_seed(_step_seed(config.seed, step))
-                result = weighted_step(
-                    model,
-                    optimizer,
-                    batches,
-                    weighting,
-                    generator=generator,
-                    estimator=config.estimator,
-                )
-                if not all(math.isfinite(v) for v in result.losses):
-                    raise TrainingError(
-                        f"training diverged at step {step} (loss {result.losses}); lower the "
-                        "learning rate with --lr or check the input normalization."
-                    )
-                epoch_losses += np.asarray(result.losses)
-                scores = result.scores or [math.nan] * len(domains)
-                lambda_history.append(
-                    [
-                        step,
-                        epoch,
-                        *result.weights,
-                        -1 if result.choice is None else result.choice,
-                        *scores,
-                        *result.losses,
-                    ]
-                )
-                if progress is not None:
-                    progress(
-                        TrainProgress(
-                            kind="step",
-                            epoch=epoch,
-                            step=step + 1,
-                            total_steps=total_steps,
-                            loss=float(np.dot(result.weights, result.losses)),
-                            weights=result.weights,
-                            lr=float(optimizer.param_groups[0]["lr"]),
-                        )
-                    )
-            train_losses = epoch_losses / config.steps_per_epoch
-
+            train_losses = _run_epoch(
+                run, config, loaded.dataset, epoch, device=device, progress=progress
+            )
             validation = evaluate(
-                model,
+                run.model,
                 loaded.validation,
                 domains=domains,
                 device=device,
                 labelled_only=config.labelled_only,
             )
+            validation_dice = {d: v["dice"] for d, v in validation.items()}
             if validation:
                 score = float(np.mean([v["loss"] for v in validation.values()]))
             else:
                 score = float(np.mean(train_losses))
-            lr_used = float(optimizer.param_groups[0]["lr"])
-            scheduler.step(score)
-            improved = score < best_score
+            lr_used = run.lr()
+            run.scheduler.step(score)
+            improved = score < run.best_score
             if improved:
-                best_score, best_epoch = score, epoch
-                best_dice = {d: v["dice"] for d, v in validation.items()}
-                without_improvement = 0
+                run.best_score, run.best_epoch, run.best_dice = score, epoch, validation_dice
+                run.without_improvement = 0
             else:
-                without_improvement += 1
-            metrics_history.append(
+                run.without_improvement += 1
+            run.metrics_history.append(
                 [epoch, lr_used, round(time.perf_counter() - epoch_started, 2)]
                 + [float(v) for v in train_losses]
                 + [validation.get(d, {}).get("loss", math.nan) for d in domains]
@@ -589,42 +655,22 @@ def train(
                 + [score, int(improved)]
             )
 
-            payload = {
-                "format_version": checkpoint.FORMAT_VERSION,
-                "model_name": config.model,
-                "model_kwargs": model_kwargs,
-                "model_state": model.state_dict(),
-                "size_divisor": size_divisor(model),
-                "threshold": 0.5,
-                "in_plane_spacing_mm": IN_PLANE_SPACING_MM,
-                "domains": domains,
-                "wmhseg_version": __version__,
-                "epoch": epoch,
-                "global_step": (epoch + 1) * config.steps_per_epoch,
-                "training": {
-                    "command": command,
-                    "config": config.to_json(),
-                    "data": data_record,
-                    "validation_dice": {d: v["dice"] for d, v in validation.items()},
-                    "best_epoch": best_epoch,
-                    "best_validation_dice": best_dice,
-                    "device": str(device),
-                },
-                "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(),
-                "weighting_state": weighting.state_dict(),
-                "lambda_history": lambda_history,
-                "metrics_history": metrics_history,
-                "best_score": best_score,
-                "epochs_without_improvement": without_improvement,
-                "rng_states": checkpoint.capture_rng_states(),
+            training = {
+                "command": command,
+                "config": config.to_json(),
+                "data": data_record,
+                "validation_dice": validation_dice,
+                "best_epoch": run.best_epoch,
+                "best_validation_dice": run.best_dice,
+                "device": str(device),
             }
+            payload = _checkpoint_payload(run, config, epoch, training=training)
             if improved:
-                best_payload = {k: v for k, v in payload.items() if k not in checkpoint.RESUME_KEYS}
-                checkpoint.save_checkpoint(best_payload, best_path)
+                best = {k: v for k, v in payload.items() if k not in checkpoint.RESUME_KEYS}
+                checkpoint.save_checkpoint(best, best_path)
             # last.pt is written after best.pt, so a resumed run never lacks its best model.
             checkpoint.save_checkpoint(payload, last_path)
-            _write_records(run_dir, domains, lambda_history, metrics_history)
+            _write_records(run_dir, domains, run.lambda_history, run.metrics_history)
 
             if progress is not None:
                 progress(
@@ -632,36 +678,34 @@ def train(
                         kind="epoch",
                         epoch=epoch,
                         step=(epoch + 1) * config.steps_per_epoch,
-                        total_steps=total_steps,
+                        total_steps=config.max_epochs * config.steps_per_epoch,
                         loss=float(np.mean(train_losses)),
-                        weights=weighting.weights(),
-                        validation_dice={d: v["dice"] for d, v in validation.items()},
+                        weights=run.weighting.weights(),
+                        validation_dice=validation_dice,
                         validation_loss=score,
-                        lr=float(optimizer.param_groups[0]["lr"]),
+                        lr=run.lr(),
                     )
                 )
-            if without_improvement >= config.stop_patience:
+            if run.without_improvement >= config.stop_patience:
                 stop_reason = "early_stop"
                 break
             elapsed_minutes = (time.perf_counter() - started) / 60.0
-            if (
-                config.time_limit_minutes is not None
-                and elapsed_minutes > config.time_limit_minutes
-            ):
+            limit = config.time_limit_minutes
+            if limit is not None and elapsed_minutes > limit:
                 stop_reason = "time_limit"
                 break
 
-    history = [dict(zip(_metrics_header(domains), row, strict=True)) for row in metrics_history]
+    history = [dict(zip(_metrics_header(domains), row, strict=True)) for row in run.metrics_history]
     return TrainResult(
         run_dir=run_dir,
         best_checkpoint=best_path,
         last_checkpoint=last_path,
-        best_epoch=best_epoch,
+        best_epoch=run.best_epoch,
         epochs_run=epoch + 1,
         stop_reason=stop_reason,
-        best_score=best_score,
-        best_validation_dice=best_dice,
-        final_weights=weighting.weights(),
+        best_score=run.best_score,
+        best_validation_dice=run.best_dice,
+        final_weights=run.weighting.weights(),
         device=str(device),
         history=history,
         seconds=time.perf_counter() - started,
