@@ -1,35 +1,42 @@
 """Training and scoring of one experiment cell, on top of :mod:`wmhseg.training`.
 
-Each cell trains in its own folder. Its data folder holds one entry per training and
-validation subject: a symlink to the subject's folder, or, for training subjects that lose
-their FLAIR in a reduced-FLAIR setup, a folder with symlinks to the T1 and the label only. So the
-training code sees exactly the subjects and modalities of the cell, whatever options it has.
-
-When a fold has no validation subjects (2 folds: one subject per side with 2 subjects), each
-training subject is split by axial slices instead: blocks of :data:`HELD_OUT_BLOCK` adjacent
-slices, every :data:`HELD_OUT_EVERY`-th block held out, are written as a validation
-pseudo-subject ``<subject>~val`` and zeroed in the training copy. Zeroed slices fall outside the
-brain (the non-zero voxels), so the training code never draws them. Whole blocks keep the
+A cell passes its fold's subjects to :class:`wmhseg.training.TrainConfig` by name
+(``train_subjects``, ``validation_subjects``, and ``flair_subjects`` for reduced-FLAIR setups).
+When a fold has no validation subjects (2 folds, e.g. 2 subjects in all), each training subject
+is split by axial slices instead: blocks of :data:`HELD_OUT_BLOCK` adjacent slices, every
+:data:`HELD_OUT_EVERY`-th block held out, are written to the cell's own data folder as a
+validation pseudo-subject ``<subject>~val`` and zeroed in the training copy. Zeroed slices fall
+outside the brain (the non-zero voxels), so training never draws them. Whole blocks keep the
 strongly correlated neighbours of a validation slice out of training.
 
 Test Dice pools true positives, false positives and false negatives over all test subjects per
-domain, on each image's own voxel grid, inside the brain, with label 2 ignored.
+domain, on the network grid, with the prediction limited to the brain and label 2 ignored.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
-from dataclasses import dataclass
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as functional
 
-from wmhseg import io
+from wmhseg import data, io
 from wmhseg.errors import TrainingError
+from wmhseg.experiment import Cell, ExperimentPlan, RunRecord, dice_from_counts
+from wmhseg.models import size_divisor
+
+if TYPE_CHECKING:
+    from wmhseg.training import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -78,20 +85,6 @@ def subject_paths(data_dir: Path, name: str) -> SubjectPaths:
 # --------------------------------------------------------------------------------------------
 
 
-def link_subject(subject: SubjectPaths, target: Path, *, keep_flair: bool) -> None:
-    """Make ``target`` show the subject: a folder symlink, or file links without the FLAIR."""
-    if keep_flair or "FLAIR" not in subject.images:
-        target.symlink_to(subject.folder.resolve(), target_is_directory=True)
-        return
-    target.mkdir()
-    for domain, path in subject.images.items():
-        if domain != "FLAIR":
-            (target / DOMAIN_FILES[domain]).symlink_to(path.resolve())
-    (target / LABEL_FILE).symlink_to(subject.label.resolve())
-    if subject.brain_mask is not None:
-        (target / BRAIN_MASK_FILE).symlink_to(subject.brain_mask.resolve())
-
-
 def axial_axis(affine: npt.ArrayLike) -> int:
     """Return the voxel axis that runs most closely along the superior (RAS z) direction."""
     return int(np.argmax(np.abs(np.asarray(affine, dtype=np.float64)[2, :3])))
@@ -126,9 +119,10 @@ def split_subject_by_slices(
 ) -> int:
     """Write a subject's training and validation parts (held-out axial slices); return the count.
 
+    Without ``keep_flair`` the training part has no FLAIR; the validation part always has it.
     Files are written uncompressed (``.nii``) because they live only while the cell trains.
     """
-    images = {d: io.load_image(p) for d, p in subject.images.items() if keep_flair or d != "FLAIR"}
+    images = {domain: io.load_image(path) for domain, path in subject.images.items()}
     reference = next(iter(images.values()))
     label = io.load_label(subject.label, reference)
     if subject.brain_mask is not None:
@@ -147,6 +141,8 @@ def split_subject_by_slices(
     for folder, keep in ((train_dir, ~in_validation), (validation_dir, in_validation)):
         folder.mkdir(parents=True)
         for domain, image in images.items():
+            if folder == train_dir and domain == "FLAIR" and not keep_flair:
+                continue
             data = np.asarray(image.dataobj, dtype=np.float32) * keep
             _save_like(data, image, folder / DOMAIN_FILES[domain].replace(".gz", ""), np.float32)
         _save_like(label * keep, reference, folder / "wmh.nii", np.uint8)
@@ -155,35 +151,26 @@ def split_subject_by_slices(
     return int(held_out.sum())
 
 
-def prepare_cell_data(
-    data_dir: Path,
-    data_out: Path,
-    *,
-    train: tuple[str, ...],
-    validation: tuple[str, ...],
-    flair_subjects: tuple[str, ...],
-    validation_from_training: bool,
-) -> tuple[list[str], list[str]]:
-    """Build the cell's data folder; return the training and validation subject names in it."""
+def prepare_held_out_data(
+    data_dir: Path, data_out: Path, *, train: tuple[str, ...], flair_subjects: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Write every training subject's training and held-out validation parts to ``data_out``.
+
+    FLAIR is left out of the training part of subjects not in ``flair_subjects`` but kept in
+    their validation part. Returns the training and validation subject names in ``data_out``.
+    """
     data_out.mkdir(parents=True)
-    validation_names = list(validation)
+    validation = []
     for name in train:
-        subject = subject_paths(data_dir, name)
-        keep_flair = name in flair_subjects
-        if validation_from_training:
-            count = split_subject_by_slices(
-                subject,
-                data_out / name,
-                data_out / f"{name}{VALIDATION_SUFFIX}",
-                keep_flair=keep_flair,
-            )
-            logger.info("Subject %s: %d axial slices held out for validation", name, count)
-            validation_names.append(f"{name}{VALIDATION_SUFFIX}")
-        else:
-            link_subject(subject, data_out / name, keep_flair=keep_flair)
-    for name in validation:
-        link_subject(subject_paths(data_dir, name), data_out / name, keep_flair=True)
-    return list(train), validation_names
+        count = split_subject_by_slices(
+            subject_paths(data_dir, name),
+            data_out / name,
+            data_out / f"{name}{VALIDATION_SUFFIX}",
+            keep_flair=name in flair_subjects,
+        )
+        logger.info("Subject %s: %d axial slices held out for validation", name, count)
+        validation.append(f"{name}{VALIDATION_SUFFIX}")
+    return train, tuple(validation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,6 +196,45 @@ class DomainCounts:
         self.fn += int((~predicted & truth).sum())
 
 
+def predict_volume(
+    model: torch.nn.Module,
+    volume: npt.NDArray[np.float32],
+    brain: npt.NDArray[np.bool_],
+    *,
+    device: torch.device,
+    threshold: float,
+    batch_size: int = 16,
+) -> npt.NDArray[np.bool_]:
+    """Segment a network-grid volume inside its brain mask.
+
+    Only slices with brain voxels are run, each cropped to the brain's in-plane bounding box
+    and zero-padded up to a multiple of the model's size divisor, which costs far less than
+    whole slices of a 1 mm volume.
+    """
+    prediction = np.zeros(volume.shape, dtype=bool)
+    xs = np.flatnonzero(brain.any(axis=(1, 2)))
+    ys = np.flatnonzero(brain.any(axis=(0, 2)))
+    zs = np.flatnonzero(brain.any(axis=(0, 1)))
+    if zs.size == 0:
+        return prediction
+    x0, x1, y0, y1 = int(xs[0]), int(xs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1
+    divisor = size_divisor(model)
+    pad_x, pad_y = (-(x1 - x0)) % divisor, (-(y1 - y0)) % divisor
+    logit_threshold = math.log(threshold / (1.0 - threshold))
+
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, zs.size, batch_size):
+            chunk = zs[start : start + batch_size]
+            slices = np.moveaxis(volume[x0:x1, y0:y1, chunk], 2, 0)[:, None]
+            batch = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
+            batch = functional.pad(batch, (0, pad_y, 0, pad_x)).to(device)
+            logits = model(batch)[:, 0, : x1 - x0, : y1 - y0]
+            predicted = (logits > logit_threshold).cpu().numpy()
+            prediction[x0:x1, y0:y1, chunk] = np.moveaxis(predicted, 0, 2)
+    return prediction & brain
+
+
 def score_subjects(
     model: torch.nn.Module,
     info: Any,
@@ -219,25 +245,146 @@ def score_subjects(
 ) -> dict[str, DomainCounts]:
     """Segment every test subject's FLAIR and T1 and pool the voxel counts per domain.
 
-    Goes through :func:`wmhseg.inference.predict_probabilities`, the path of ``wmhseg predict``
-    without preprocessing (the data is already normalized). The prediction is limited to the
-    brain: the brain mask file if present, else the non-zero voxels of the image.
+    Counts are taken on the network grid of :mod:`wmhseg.slicing` (RAS, 1 mm in-plane), where
+    the model works; for 1 mm images that is the image's own grid, flipped. Subjects are read
+    as training reads them (:func:`wmhseg.data.load_subject`): the brain is the brain mask, or
+    the non-zero voxels of the images.
     """
-    from wmhseg.inference import Predictor, predict_probabilities
-
-    predictor = Predictor(model=model, info=info, device=device)
+    files = {f.name: f for f in data.find_subjects(data_dir)}
     threshold = float(info.threshold)
     counts = {domain: DomainCounts() for domain in DOMAIN_FILES}
     for name in subjects:
-        subject = subject_paths(data_dir, name)
-        for domain, path in subject.images.items():
-            image = io.load_image(path)
-            data = np.asarray(image.dataobj, dtype=np.float32)
-            label = io.load_label(subject.label, image)
-            if subject.brain_mask is not None:
-                brain = io.load_label(subject.brain_mask, image, max_label=1).astype(bool)
-            else:
-                brain = data != 0
-            probabilities = predict_probabilities(predictor, data, image.affine)
-            counts[domain].add((probabilities >= threshold) & brain, label)
+        subject = data.load_subject(files[name])
+        for domain, volume in subject.images.items():
+            prediction = predict_volume(
+                model, volume, subject.brain, device=device, threshold=threshold
+            )
+            counts[domain].add(prediction, subject.label)
     return counts
+
+
+# --------------------------------------------------------------------------------------------
+# One cell
+# --------------------------------------------------------------------------------------------
+
+# Small settings for tests and smoke runs; real experiments use the TrainConfig defaults.
+TINY_TRAIN_OPTIONS: dict[str, Any] = {
+    "steps_per_epoch": 3,
+    "crop_size": [32, 32],
+    "batch_size": 4,
+    "width": 4,
+    "depth": 2,
+}
+
+
+def make_train_config(
+    cell: Cell,
+    plan: ExperimentPlan,
+    work_dir: Path,
+    *,
+    data_dir: Path,
+    train: tuple[str, ...],
+    validation: tuple[str, ...],
+    threads: int | None = None,
+) -> TrainConfig:
+    """Translate a cell into a :class:`TrainConfig` (``plan.train_options`` override defaults)."""
+    from wmhseg.training import TrainConfig
+
+    method = cell.method
+    weighting: dict[str, Any]
+    if method.kind == "fixed":
+        weighting = {"mode": "fixed", "fixed_lambda": method.flair_weight}
+    elif method.kind == "simple":
+        weighting = {"mode": "simple", "gamma": method.gamma}
+    else:
+        weighting = {"mode": method.kind, "window": method.window}
+
+    options = dict(plan.train_options)
+    if "crop_size" in options:
+        options["crop_size"] = tuple(options["crop_size"])
+    flair_subjects = cell.flair_subjects()
+    return TrainConfig(
+        data_dir=data_dir,
+        out_dir=work_dir / "train",
+        model=cell.model,  # type: ignore[arg-type]
+        max_epochs=plan.max_epochs,
+        seed=cell.seed,
+        device=plan.device,
+        train_subjects=train,
+        validation_subjects=validation,
+        flair_subjects=flair_subjects,
+        threads=threads,
+        command=f"wmhseg experiment (run {cell.run_id})",
+        **weighting,
+        **options,
+    )
+
+
+def read_lambda_trace(run_dir: Path) -> list[float]:
+    """Read the FLAIR weight λ per training step from the run's ``lambda.csv``."""
+    from wmhseg.training import LAMBDA_NAME
+
+    path = run_dir / LAMBDA_NAME
+    if not path.is_file():
+        return []
+    with open(path, newline="") as table:
+        return [float(row["lambda_FLAIR"]) for row in csv.DictReader(table)]
+
+
+def train_and_score(cell: Cell, plan: ExperimentPlan, work_dir: Path) -> RunRecord:
+    """Train one cell in ``work_dir``, score its best checkpoint on the test subjects.
+
+    Keeps ``train/`` (checkpoints, ``metrics.csv``, ``lambda.csv``) in ``work_dir`` and deletes
+    the held-out-slice data folder when it is done.
+    """
+    from wmhseg import checkpoint
+    from wmhseg.training import resolve_device, train
+
+    fold = cell.fold
+    work_dir.mkdir(parents=True)
+    data_dir, train_names, validation_names = plan.data_dir, fold.train, fold.validation
+    held_out_dir = work_dir / "data"
+    if fold.validation_from_training:
+        data_dir = held_out_dir
+        train_names, validation_names = prepare_held_out_data(
+            plan.data_dir, held_out_dir, train=fold.train, flair_subjects=cell.flair_subjects()
+        )
+    threads = torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else None
+    config = make_train_config(
+        cell,
+        plan,
+        work_dir,
+        data_dir=data_dir,
+        train=train_names,
+        validation=validation_names,
+        threads=threads,
+    )
+    result = train(config)
+    shutil.rmtree(held_out_dir, ignore_errors=True)
+
+    device = resolve_device(plan.device)
+    model, info = checkpoint.load_model(result.best_checkpoint, device=device)
+    counts = score_subjects(model, info, plan.data_dir, fold.test, device=device)
+    dice = {d: dice_from_counts(c.tp, c.fp, c.fn) for d, c in counts.items()}
+
+    return RunRecord(
+        run_id=cell.run_id,
+        fold=fold.index,
+        repeat=cell.repeat,
+        method=cell.method.name,
+        model=cell.model,
+        flair_setup=cell.flair.label,
+        dsc_flair=dice["FLAIR"],
+        dsc_t1=dice["T1"],
+        seed=cell.seed,
+        epochs=result.epochs_run,
+        best_epoch=result.best_epoch + 1,
+        seconds=0.0,
+        train_subjects=list(fold.train),
+        flair_subjects=list(cell.flair_subjects()),
+        validation_subjects=list(validation_names),
+        test_subjects=list(fold.test),
+        counts={d: asdict(c) for d, c in counts.items()},
+        lambda_trace=read_lambda_trace(result.run_dir),
+        steps_per_epoch=float(config.steps_per_epoch),
+    )

@@ -74,6 +74,17 @@ def experiment_command(
     max_epochs: Annotated[
         int, typer.Option(help="Maximum training epochs per run (early stopping may end sooner).")
     ] = 200,
+    steps_per_epoch: Annotated[
+        int | None,
+        typer.Option(help="Training steps per epoch. Default: the training default.", min=1),
+    ] = None,
+    crop_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Side (pixels, 1 mm) of the square training crops. Default: the training default.",
+            min=8,
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Base seed; fold split and every run's seed derive from it.")
     ] = 0,
@@ -97,6 +108,12 @@ def experiment_command(
     """
     if group_by not in ("run", "repeat"):
         raise typer.BadParameter("use 'run' or 'repeat'", param_hint="--group-by")
+    grouping: experiment_report.GroupBy = "run" if group_by == "run" else "repeat"
+    train_options: dict[str, object] = {}
+    if steps_per_epoch is not None:
+        train_options["steps_per_epoch"] = steps_per_epoch
+    if crop_size is not None:
+        train_options["crop_size"] = [crop_size, crop_size]
     subjects = experiment.find_subjects(data_dir)
     plan = experiment.make_plan(
         data_dir,
@@ -109,6 +126,7 @@ def experiment_command(
         seed=seed,
         max_epochs=max_epochs,
         device=device,
+        train_options=train_options,
     )
     total = len(plan.cells())
     console.print(
@@ -138,7 +156,7 @@ def experiment_command(
         progress.update(task, completed=total)
 
     outputs = experiment.write_report(
-        records, out, method_order=[m.name for m in plan.methods], group_by=group_by
+        records, out, method_order=[m.name for m in plan.methods], group_by=grouping
     )
     rows = outputs.rows
     Console().print(
