@@ -137,12 +137,13 @@ def test_cli_cuda_missing_is_clear(tmp_path: Path, tiny_checkpoint: Path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("patient", ["patient01", "patient04"])
-def test_raw_scans_keep_geometry(tmp_path: Path, patient: str) -> None:
-    folder = DATA / "open_ms_data_longitudinal_raw" / patient
-    if not folder.is_dir():
-        pytest.skip(f"real data not found at {folder}")
-    images = [folder / "study1_T1W.nii.gz", folder / "study1_FLAIR.nii.gz"]
+def test_raw_scans_keep_geometry(tmp_path: Path) -> None:
+    # Two raw LPS scans with skull, on different grids: 0.72 mm FLAIR
+    # (320×320×36, 4 mm slices) and 0.91 mm T1W (256×256×48, 3 mm slices).
+    root = DATA / "open_ms_data_longitudinal_raw"
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root}")
+    images = [root / "patient01" / "study1_FLAIR.nii.gz", root / "patient04" / "study1_T1W.nii.gz"]
     result = CliRunner().invoke(app, ["predict", *map(str, images), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
 
