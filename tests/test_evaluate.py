@@ -153,7 +153,7 @@ def test_cli_csv_writes_inf_not_nan(tmp_path: Path) -> None:
     assert "nan" not in result.stdout.lower()
 
 
-def test_cli_refuses_existing_csv(pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_rejects_existing_csv(pair: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "scores.csv"
     out.write_text("keep")
     result = CliRunner().invoke(app, ["evaluate", *map(str, pair), "--csv", str(out)])

@@ -1,12 +1,19 @@
 """WMH prediction for single T1-weighted or FLAIR scans, written on the scan's own grid.
 
-One image goes through: load (:mod:`wmhseg.io`) → preprocessing of a single scan (N4, skull
-stripping, WhiteStripe; :func:`wmhseg.preprocess.pipeline.preprocess_scan`) → the network, axial
-slice by axial slice on the grid of :func:`wmhseg.slicing.to_network_grid` → probabilities mapped
-back with :func:`wmhseg.slicing.from_network_grid` → threshold, restricted to the brain mask →
-outputs that copy the input's header. For an image ``<name>.nii.gz`` the outputs in the output
-folder are ``<name>_wmh.nii.gz`` (uint8 mask), optionally ``<name>_wmh_prob.nii.gz`` (float32),
-``<name>_wmh.json`` (provenance), ``<name>_wmh_qc.png`` and one row in ``wmh_stats.csv``.
+Steps for one image:
+
+1. load and validate it (:mod:`wmhseg.io`);
+2. preprocess it as a single scan: N4, skull stripping and WhiteStripe
+   (:func:`wmhseg.preprocess.pipeline.preprocess_scan`);
+3. run the network axial slice by axial slice on the grid of
+   :func:`wmhseg.slicing.to_network_grid`;
+4. map the probabilities back with :func:`wmhseg.slicing.from_network_grid`, threshold them and
+   keep the mask inside the brain mask;
+5. write outputs that copy the input's header.
+
+For an image ``<name>.nii.gz`` the outputs in the output folder are ``<name>_wmh.nii.gz``
+(uint8 mask), optionally ``<name>_wmh_prob.nii.gz`` (float32), ``<name>_wmh.json``
+(provenance), ``<name>_wmh_qc.png`` and one row in ``wmh_stats.csv``.
 """
 
 from __future__ import annotations
@@ -219,7 +226,7 @@ def predict_probabilities(
 ) -> npt.NDArray[np.float32]:
     """Return WMH probabilities on the grid of ``normalized`` (a WhiteStripe-normalized volume).
 
-    With ``brain_mask``, the network sees only the axial slices that contain brain, cropped to
+    With ``brain_mask``, the network gets only the axial slices that contain brain, cropped to
     the brain's in-plane bounding box plus :data:`BRAIN_BOX_MARGIN` voxels, as in training,
     where slices are cropped around the brain. Probabilities outside that box are 0.
     """
@@ -263,7 +270,7 @@ def _brain_box(brain: npt.NDArray[np.bool_]) -> tuple[slice, slice, Any]:
 
 @dataclass
 class PredictionResult:
-    """What :func:`predict_image` wrote and measured for one image."""
+    """Output paths and measurements of :func:`predict_image` for one image."""
 
     image: Path
     name: str
