@@ -1,4 +1,4 @@
-"""Experiment cells on synthetic subjects: data folders, held-out slices, a tiny real experiment."""
+"""Experiment cells on synthetic subjects: held-out slices, test counts, a tiny real experiment."""
 
 from __future__ import annotations
 

@@ -61,9 +61,6 @@ DEFAULT_METHODS = (
 DEFAULT_MODELS = ("unet", "lw")
 MODEL_NAMES = ("unet", "lw")
 
-# Fractions of the reference split: 12 train / 4 validation / 4 test of 20 subjects.
-REFERENCE_SUBJECTS = 20
-
 MethodKind = Literal["fixed", "simple", "greedy", "conservative"]
 
 _FIXED_PAIR = re.compile(r"^F(\d{1,3})-T(\d{1,3})$")

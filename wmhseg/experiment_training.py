@@ -46,8 +46,8 @@ LABEL_FILE = "wmh.nii.gz"
 BRAIN_MASK_FILE = "brain_mask.nii.gz"
 
 # Held-out validation slices when a fold has no validation subjects: 1 block of 8 adjacent
-# axial slices in every 5, i.e. about 20 % of the slices, as 4 of 16 training+validation
-# subjects are in the reference split.
+# axial slices in every 5, about 20 % of the slices. (The reference validates on 4 of the 16
+# non-test subjects, 25 %.)
 HELD_OUT_BLOCK = 8
 HELD_OUT_EVERY = 5
 VALIDATION_SUFFIX = "~val"
@@ -246,7 +246,7 @@ def score_subjects(
     """Segment every test subject's FLAIR and T1 and pool the voxel counts per domain.
 
     Counts are taken on the network grid of :mod:`wmhseg.slicing` (RAS, 1 mm in-plane), where
-    the model works; for 1 mm images that is the image's own grid, flipped. Subjects are read
+    the model works. For 1 mm images that is the image's own grid, flipped. Subjects are read
     as training reads them (:func:`wmhseg.data.load_subject`): the brain is the brain mask, or
     the non-zero voxels of the images.
     """
