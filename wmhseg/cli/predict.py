@@ -115,9 +115,11 @@ def predict(
         def finished(path: Path, result: inference.PredictionResult | None) -> None:
             progress.advance(task)
             if result is not None:
+                stages = ", ".join(result.stages_run) or "none"
                 progress.console.print(
                     f"{path.name}: WMH {result.wmh_volume_ml:.2f} mL, "
-                    f"{result.lesion_count} lesions → {result.outputs['mask']}"
+                    f"{result.lesion_count} lesions (preprocessing run: {stages}) → "
+                    f"{result.outputs['mask']}"
                 )
 
         batch = inference.predict_images(
