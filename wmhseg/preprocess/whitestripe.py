@@ -1,11 +1,20 @@
 """WhiteStripe intensity normalization through the intensity-normalization package.
 
 WhiteStripe (Shinohara et al., NeuroImage: Clinical 2014) finds normal-appearing white matter as
-the voxels within ±``width`` quantile of the white-matter mode of the smoothed brain histogram,
-and rescales the image so that those voxels have mean 0 and s.d. 1.
+the voxels within ±``width`` quantile of the white-matter mode of the brain histogram, and
+rescales the image so that those voxels have mean 0 and s.d. 1.
 
-intensity-normalization 3.0.x (Python ≥ 3.10) and 4.x (Python ≥ 3.12) implement the same
-algorithm behind different APIs; :func:`_package_whitestripe` hides the difference.
+The package's own mode finders miss white matter on real scans: it evaluates its KDE on 80
+points between the minimum and maximum (coarser than the stripe's s.d.), and its FLAIR rule
+takes the largest histogram peak, which on FLAIR is grey and white matter merged. This module
+finds the white-matter mode with its own rule per modality (:func:`white_matter_mode`) and
+hands it to the package's WhiteStripe, which then draws the stripe and computes mean and s.d.
+Both rules use the image itself only, so a FLAIR-only subject gets the same normalization as
+a FLAIR in a T1 + FLAIR subject.
+
+intensity-normalization 3.0.x (Python ≥ 3.10) is used through a subclass of its
+``WhiteStripeNormalizer``. 4.x (Python ≥ 3.12) changed that API; there the same stripe
+formula is computed here.
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage, stats
+from skimage.filters import threshold_multiotsu
+from sklearn.mixture import GaussianMixture
 
 from wmhseg.errors import PreprocessingError
 
@@ -26,42 +38,128 @@ Modality = Literal["t1", "flair"]
 # Brain voxels the stripe search needs before its mode means anything.
 MIN_MASK_VOXELS = 1000
 
+# Rule parameters, chosen on two MNI-space MS patients (1 mm, skull-stripped) and checked on
+# two raw scans; see docs/preprocessing.md for the measurements behind each.
+T1_SMOOTHING_MM = 2.0
+FLAIR_EDGE_MM = 3.0
+KDE_GRID_POINTS = 1000
+KDE_SAMPLES = 50_000
+GMM_SAMPLES = 100_000
+SEED = 0
 
-def _package_whitestripe(
+
+def _kde_mode(values: npt.NDArray[np.floating]) -> float:
+    """Return the peak of a Gaussian KDE of ``values`` on a fine grid (subsampled, seeded)."""
+    rng = np.random.default_rng(SEED)
+    sample = rng.choice(values, min(values.size, KDE_SAMPLES), replace=False).astype(np.float64)
+    low, high = np.percentile(sample, [0.5, 99.5])
+    grid = np.linspace(low, high, KDE_GRID_POINTS)
+    return float(grid[np.argmax(stats.gaussian_kde(sample)(grid))])
+
+
+def _t1_white_matter_mode(
+    data: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], spacing: tuple[float, ...]
+) -> float:
+    # White matter is the brightest tissue on T1: the top class of a 3-class Otsu split of the
+    # brain, found on a copy smoothed inside the mask (2 mm) so that the class is spatially
+    # coherent, then eroded by one voxel to drop grey/white partial-volume voxels. The mode is
+    # taken from the unsmoothed intensities of that class.
+    smoothed = _smooth_inside(data, mask, spacing, T1_SMOOTHING_MM)
+    thresholds = threshold_multiotsu(smoothed[mask], classes=3)
+    white = ndimage.binary_erosion(mask & (smoothed > thresholds[1]))
+    if int(white.sum()) < MIN_MASK_VOXELS:
+        white = mask & (smoothed > thresholds[1])
+    return _kde_mode(data[white])
+
+
+def _flair_white_matter_mode(
+    data: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], spacing: tuple[float, ...]
+) -> float:
+    # On FLAIR, CSF is dark and grey matter slightly brighter than white matter, so the two
+    # tissues form one merged peak whose maximum lies between them. A 3-component Gaussian
+    # mixture (CSF, white matter, grey matter + lesions) separates the merged peak, and the
+    # middle component's mean is the white-matter mode. Voxels within 3 mm of the brain edge
+    # are left out: their CSF/cortex partial volume otherwise pulls the white-matter
+    # component down. The brightest 1 % (lesions, vessels) are left out of the fit.
+    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+    inner = mask & (depth > FLAIR_EDGE_MM)
+    if int(inner.sum()) < MIN_MASK_VOXELS:
+        inner = mask
+    values = data[inner].astype(np.float64)
+    values = values[values <= np.percentile(values, 99.0)]
+    rng = np.random.default_rng(SEED)
+    sample = rng.choice(values, min(values.size, GMM_SAMPLES), replace=False)
+    mixture = GaussianMixture(n_components=3, random_state=SEED).fit(sample[:, None])
+    means = np.sort(mixture.means_.ravel())
+    return float(means[1])
+
+
+def white_matter_mode(
     data: npt.NDArray[np.float32],
-    search_mask: npt.NDArray[np.bool_],
+    mask: npt.NDArray[np.bool_],
     *,
     modality: Modality,
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
+) -> float:
+    """Estimate the intensity mode of white matter inside ``mask``.
+
+    ``spacing`` is the voxel size in mm, used for smoothing and for the distance to the brain
+    edge.
+    """
+    if modality == "t1":
+        return _t1_white_matter_mode(data, mask, spacing)
+    return _flair_white_matter_mode(data, mask, spacing)
+
+
+def _smooth_inside(
+    data: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    spacing: tuple[float, ...],
+    sigma_mm: float,
+) -> npt.NDArray[np.float32]:
+    # Normalized convolution: background zeros do not darken the brain edge.
+    sigma = [sigma_mm / float(size) for size in spacing]
+    weights = ndimage.gaussian_filter(mask.astype(np.float32), sigma)
+    blurred = ndimage.gaussian_filter(np.where(mask, data, 0.0).astype(np.float32), sigma)
+    return np.asarray(blurred / np.maximum(weights, 1e-3), dtype=np.float32)
+
+
+def _package_stripe(
+    data: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    *,
+    mode: float,
     width: float,
-) -> npt.NDArray[np.float64]:
-    """Run the package's WhiteStripe with the stripe searched inside ``search_mask``."""
-    try:  # intensity-normalization 4.x
-        from intensity_normalization import histogram  # type: ignore[attr-defined]
-        from intensity_normalization.methods.whitestripe import whitestripe_array
-    except ImportError:
-        pass
-    else:
-        # NOTE: this 4.x branch follows the 4.0.0 wheel's source; CI runs Python 3.11, which
-        # installs 3.0.1, so only the 3.0.x branch below is exercised by the tests.
-        return np.asarray(
-            whitestripe_array(
-                data.astype(np.float64),
-                search_mask,
-                peak=histogram.resolve_peak(modality, None),
-                width=width,
-                seed=0,
-            ),
-            dtype=np.float64,
+) -> tuple[float, float]:
+    """Return the white stripe's mean and s.d. around ``mode``, as the package computes them."""
+    try:
+        from intensity_normalization.adapters.images import create_image
+        from intensity_normalization.normalizers.individual.whitestripe import (
+            WhiteStripeNormalizer,
         )
+    except ImportError:
+        # NOTE: intensity-normalization 4.x has no WhiteStripeNormalizer class; the stripe
+        # below is the same formula as 3.0.1's fit(). CI installs 3.0.1 (Python 3.11), so this
+        # branch is not run by the tests.
+        foreground = data[mask].astype(np.float64)
+        quantile = float(np.mean(foreground < mode))
+        low, high = np.quantile(
+            foreground, (max(quantile - width, 0.0), min(quantile + width, 1.0))
+        )
+        stripe = foreground[(foreground > low) & (foreground < high)]
+        if stripe.size == 0:
+            raise PreprocessingError("WhiteStripe found no voxels in the white stripe.") from None
+        return float(stripe.mean()), float(stripe.std())
 
-    from intensity_normalization.adapters.images import create_image
-    from intensity_normalization.domain.models import Modality as PackageModality
-    from intensity_normalization.normalizers.individual.whitestripe import WhiteStripeNormalizer
+    class _GivenModeWhiteStripe(WhiteStripeNormalizer):
+        def _get_tissue_mode(self, image_data: npt.NDArray[np.floating]) -> float:
+            return mode
 
-    normalizer = WhiteStripeNormalizer(width=width, modality=PackageModality(modality))
-    image = create_image(data.astype(np.float64))
-    normalizer.fit(image, create_image(search_mask.astype(np.float32)))
-    return np.asarray(normalizer.transform(image).get_data(), dtype=np.float64)
+    normalizer = _GivenModeWhiteStripe(width=width)
+    normalizer.fit(create_image(data.astype(np.float64)), create_image(mask.astype(np.float32)))
+    if normalizer.mean is None or normalizer.std is None:
+        raise PreprocessingError("WhiteStripe returned no stripe statistics.")
+    return float(normalizer.mean), float(normalizer.std)
 
 
 def whitestripe_normalize(
@@ -73,12 +171,9 @@ def whitestripe_normalize(
 ) -> nib.Nifti1Image:
     """Normalize so that normal-appearing white matter has mean 0 and s.d. 1.
 
-    Voxels outside ``brain_mask`` are set to 0. The result has the input's grid and header.
-
-    NOTE: on FLAIR, grey and white matter form one merged histogram peak, so the package's
-    "largest" mode lies between them and white matter ends up several stripe s.d.s below 0
-    (measured values in docs/preprocessing.md). A search restricted to deep tissue did not
-    separate the two on the MNI test patients either.
+    The white-matter mode comes from :func:`white_matter_mode`; the stripe, its mean and s.d.
+    from intensity-normalization's WhiteStripe. Voxels outside ``brain_mask`` are set to 0.
+    The result has the input's grid and header.
 
     Raises:
         PreprocessingError: no brain mask, or one too small. Without a brain mask the
@@ -101,44 +196,21 @@ def whitestripe_normalize(
         )
 
     data = np.asarray(image.dataobj, dtype=np.float32)
+    spacing = tuple(float(size) for size in image.header.get_zooms()[:3])
+    if float(np.ptp(data[mask])) == 0.0:
+        raise PreprocessingError("WhiteStripe found no intensity spread in the brain mask.")
     try:
-        mean, sd = _stripe_statistics(data, mask, modality=modality, width=width)
+        mode = white_matter_mode(data, mask, modality=modality, spacing=spacing)
+        mean, sd = _package_stripe(data, mask, mode=mode, width=width)
     except PreprocessingError:
         raise
     except Exception as error:  # the package raises its own NormalizationError and ValueError
         raise PreprocessingError(f"WhiteStripe normalization failed ({error}).") from error
-    logger.debug("white stripe (%s): mean %.4g, s.d. %.4g", modality, mean, sd)
+    if not sd > 0:
+        raise PreprocessingError("WhiteStripe found a white stripe with zero s.d.")
+    logger.debug("white stripe (%s): mode %.4g, mean %.4g, s.d. %.4g", modality, mode, mean, sd)
 
     normalized = np.where(mask, (data - mean) / sd, 0.0).astype(np.float32)
     if not np.all(np.isfinite(normalized)):
         raise PreprocessingError("WhiteStripe normalization produced NaN or Inf values.")
     return nib.Nifti1Image(normalized, image.affine, image.header)
-
-
-def _stripe_statistics(
-    data: npt.NDArray[np.float32],
-    search_mask: npt.NDArray[np.bool_],
-    *,
-    modality: Modality,
-    width: float,
-) -> tuple[float, float]:
-    """Return the white stripe's mean and s.d., as found by the package.
-
-    The package smooths the histogram on 80 points between the minimum and maximum, so one
-    bright outlier coarsens the mode to several stripe s.d.s. Intensities are therefore clipped
-    to the 0.5th–99.5th percentiles of the search region before the package sees them, and the
-    mean and s.d. are read back from its linear output.
-    """
-    values = data[search_mask]
-    low, high = np.percentile(values, [0.5, 99.5])
-    clipped = np.clip(data, low, high)
-    normalized = _package_whitestripe(clipped, search_mask, modality=modality, width=width)
-    inside = search_mask & (data > low) & (data < high)
-    x = clipped[inside].astype(np.float64)
-    y = normalized[inside]
-    if x.size < 2 or float(np.ptp(x)) == 0.0:
-        raise PreprocessingError("WhiteStripe found no intensity spread in the brain mask.")
-    slope, intercept = np.polyfit(x, y, 1)
-    if not slope > 0:
-        raise PreprocessingError("WhiteStripe produced a non-increasing intensity mapping.")
-    return float(-intercept / slope), float(1.0 / slope)
