@@ -503,9 +503,6 @@ def test_preprocess_dicom_file_stops(tmp_path: Path, run_cli: CliRunnerCall) -> 
     assert_failed(result, 1, DICOM_MESSAGE)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="preprocess hashes each input before io.load_image can reject a folder"
-)
 def test_preprocess_dicom_folder_stops(tmp_path: Path, run_cli: CliRunnerCall) -> None:
     series = tmp_path / "series"
     series.mkdir()

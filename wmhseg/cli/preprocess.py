@@ -56,6 +56,10 @@ def preprocess(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Do not reuse cached stage results.")
     ] = False,
+    use_qform: Annotated[
+        bool,
+        typer.Option("--use-qform", help="Use the qform of images whose sform is sheared."),
+    ] = False,
 ) -> None:
     """Register, bias-correct, skull-strip and WhiteStripe-normalize raw T1 and/or FLAIR scans."""
     from wmhseg.preprocess.discovery import find_subjects
@@ -81,6 +85,7 @@ def preprocess(
         "skullstrip_method": skullstrip_method,
         "overwrite": overwrite,
         "use_cache": not no_cache,
+        "allow_qform": use_qform,
     }
     progress = Progress(
         TextColumn("[bold]preprocess"),

@@ -248,17 +248,25 @@ def preprocess_subject(
     overwrite: bool = False,
     use_cache: bool = True,
     write_qc: bool = True,
+    allow_qform: bool = False,
 ) -> SubjectResult:
     """Preprocess one subject into ``out_root/<subject>/``.
 
     Existing outputs made from the same input files and parameters are kept ("up to date");
     different existing outputs need ``overwrite``. Intermediate stage results are cached in
     ``.wmhseg_cache`` inside the subject folder, so changing a late stage's parameters does
-    not rerun the early ones.
+    not rerun the early ones. ``allow_qform`` uses the qform of images whose sform is sheared.
     """
     skip = check_skip(skip)
+    # Each input is read and validated before it is hashed, so that a folder, a DICOM file or
+    # a truncated file fails with io.load_image's message instead of an error from hashing.
+    t1 = io.load_image(inputs.t1, allow_qform=allow_qform) if inputs.t1 else None
+    flair = io.load_image(inputs.flair, allow_qform=allow_qform) if inputs.flair else None
+    if inputs.wmh is not None:
+        io.load_label(inputs.wmh)
     out_dir = io.prepare_output_dir(Path(out_root) / inputs.subject)
     parameters = _parameters(skip, skullstrip_method)
+    parameters["allow_qform"] = allow_qform
     sources = {
         name: p
         for name, p in (("t1", inputs.t1), ("flair", inputs.flair), ("wmh", inputs.wmh))
@@ -292,8 +300,6 @@ def preprocess_subject(
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
         return value
 
-    t1 = io.load_image(inputs.t1) if inputs.t1 else None
-    flair = io.load_image(inputs.flair) if inputs.flair else None
     reference = flair if flair is not None else t1
     assert reference is not None
 
@@ -381,7 +387,10 @@ def preprocess_subject(
     )
     if inputs.wmh is not None:
         labels = _load_label_on_grid(inputs.wmh, reference, t1, transform)
-        outputs["wmh.nii.gz"] = _save_labels(labels, reference, out_dir / "wmh.nii.gz")
+        # Labels 0/1/2 are kept: 2 marks other pathology that training ignores.
+        outputs["wmh.nii.gz"] = io.save_label(
+            labels, reference, out_dir / "wmh.nii.gz", overwrite=True
+        )
     if transform is not None:
         outputs["T1_to_FLAIR.tfm"] = registration.save_transform(
             transform, out_dir / "T1_to_FLAIR.tfm", overwrite=True
@@ -412,17 +421,6 @@ def preprocess_subject(
     result.timings_s = timings
     result.cached_stages = cache.hits
     return result
-
-
-def _save_labels(labels: npt.NDArray[np.uint8], reference: nib.Nifti1Image, path: Path) -> Path:
-    # Labels 0/1/2 are kept (2 marks other pathology that training ignores); save_mask would
-    # binarize them.
-    image = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, reference.header.copy())
-    image.header.set_data_dtype(np.uint8)
-    image.header.set_slope_inter(1.0, 0.0)
-    image.set_sform(reference.affine, int(reference.header["sform_code"]))
-    image.set_qform(reference.affine, int(reference.header["qform_code"]))
-    return io.save_nifti(image, path, overwrite=True)
 
 
 def _write_qc(
