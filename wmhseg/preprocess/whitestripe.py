@@ -4,17 +4,17 @@ WhiteStripe (Shinohara et al., NeuroImage: Clinical 2014) finds normal-appearing
 the voxels within ±``width`` quantile of the white-matter mode of the brain histogram, and
 rescales the image so that those voxels have mean 0 and s.d. 1.
 
-The package's own mode finders miss white matter on real scans: it evaluates its KDE on 80
-points between the minimum and maximum (coarser than the stripe's s.d.), and its FLAIR rule
-takes the largest histogram peak, which on FLAIR is grey and white matter merged. This module
+The package's own mode finders miss white matter on real scans. Its KDE is evaluated on 80
+points between the minimum and maximum, coarser than the stripe's s.d. Its FLAIR rule takes
+the largest histogram peak, which on FLAIR is grey and white matter merged. This module
 finds the white-matter mode with its own rule per modality (:func:`white_matter_mode`) and
 hands it to the package's WhiteStripe, which then draws the stripe and computes mean and s.d.
 Both rules use the image itself only, so a FLAIR-only subject gets the same normalization as
 a FLAIR in a T1 + FLAIR subject.
 
 intensity-normalization 3.0.x (Python ≥ 3.10) is used through a subclass of its
-``WhiteStripeNormalizer``. 4.x (Python ≥ 3.12) changed that API; there the same stripe
-formula is computed here.
+``WhiteStripeNormalizer``. Where that class cannot be imported (4.x, Python ≥ 3.12, has a
+different API), the same stripe formula is computed here.
 """
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ def _kde_mode(values: npt.NDArray[np.floating]) -> float:
 def _t1_white_matter_mode(
     data: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], spacing: tuple[float, ...]
 ) -> float:
-    # White matter is the brightest tissue on T1: the top class of a 3-class Otsu split of the
-    # brain, found on a copy smoothed inside the mask (2 mm) so that the class is spatially
-    # coherent, then eroded by one voxel to drop grey/white partial-volume voxels. The mode is
-    # taken from the unsmoothed intensities of that class.
+    # White matter is the brightest tissue on T1, so it is the top class of a 3-class Otsu
+    # split. The split runs on a copy smoothed inside the mask (2 mm) so that the class is
+    # spatially coherent, and the class is eroded by one voxel to drop grey/white partial
+    # volume. The mode is taken from the unsmoothed intensities of that class.
     smoothed = _smooth_inside(data, mask, spacing, T1_SMOOTHING_MM)
     thresholds = threshold_multiotsu(smoothed[mask], classes=3)
     white = ndimage.binary_erosion(mask & (smoothed > thresholds[1]))
@@ -138,9 +138,8 @@ def _package_stripe(
             WhiteStripeNormalizer,
         )
     except ImportError:
-        # NOTE: intensity-normalization 4.x has no WhiteStripeNormalizer class; the stripe
-        # below is the same formula as 3.0.1's fit(). CI installs 3.0.1 (Python 3.11), so this
-        # branch is not run by the tests.
+        # NOTE: this branch (for intensity-normalization 4.x) repeats 3.0.1's fit() formula.
+        # CI installs 3.0.1 (Python 3.11), so the tests do not run it.
         foreground = data[mask].astype(np.float64)
         quantile = float(np.mean(foreground < mode))
         low, high = np.quantile(
