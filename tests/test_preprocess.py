@@ -237,3 +237,27 @@ def test_skullstrip_dice_hypermapp3r(shared_data: Path) -> None:
     mask = skullstrip.compute_brain_mask(image, modality="t1")
     dice = 2 * np.sum(mask & truth) / (np.sum(mask) + np.sum(truth))
     assert dice >= 0.95
+
+
+def test_subject_label_carried_to_flair_grid(tmp_path: Path) -> None:
+    from wmhseg import io
+    from wmhseg.preprocess.pipeline import SubjectInputs, preprocess_subject
+
+    image, brain, _ = _flair_phantom()
+    affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    stripped = np.where(brain, np.asarray(image.dataobj), 0).astype(np.float32)
+    nib.save(nib.Nifti1Image(stripped, affine), tmp_path / "FLAIR.nii.gz")
+    labels = np.zeros(stripped.shape, dtype=np.uint8)
+    labels[20:24, 20:24, 10:12] = 1
+    labels[30:32, 20:22, 12:14] = 2
+    # The label file stores the same world positions on a grid flipped along x.
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = stripped.shape[0] - 1
+    nib.save(nib.Nifti1Image(labels[::-1], affine @ flip), tmp_path / "wmh.nii.gz")
+
+    inputs = SubjectInputs("s1", flair=tmp_path / "FLAIR.nii.gz", wmh=tmp_path / "wmh.nii.gz")
+    result = preprocess_subject(
+        inputs, tmp_path / "out", skip=frozenset({"n4", "skullstrip"}), write_qc=False
+    )
+    carried = io.load_label(result.outputs["wmh.nii.gz"])
+    assert np.array_equal(carried, labels)
