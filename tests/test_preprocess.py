@@ -109,7 +109,19 @@ def test_looks_skull_stripped_stripped_brain() -> None:
     shape = (96, 96, 72)
     brain = _ellipsoid(shape, (40, 45, 30))
     data = np.where(brain, 300.0, 0.0).astype(np.float32)
-    assert skullstrip.looks_skull_stripped(nib.Nifti1Image(data, np.diag([1.5, 1.5, 1.5, 1.0])))
+    image = nib.Nifti1Image(data, np.diag([1.5, 1.5, 1.5, 1.0]))
+    # A mask 2 voxels (3 mm) inside the stripped edge stands for deepbet falling short of it.
+    inner = _ellipsoid(shape, (38, 43, 28))
+    assert skullstrip.looks_skull_stripped(image, brain_mask=inner)
+
+
+def test_looks_skull_stripped_zeroed_air_head() -> None:
+    shape = (96, 96, 72)
+    brain = _ellipsoid(shape, (36, 38, 26))
+    data = np.where(_ellipsoid(shape, (45, 47, 34)), 900.0, 0.0)  # scalp, air exactly 0
+    data[brain] = 300.0
+    image = nib.Nifti1Image(data.astype(np.float32), np.diag([1.5, 1.5, 1.5, 1.0]))
+    assert not skullstrip.looks_skull_stripped(image, brain_mask=brain)
 
 
 def test_looks_skull_stripped_noisy_head() -> None:
@@ -118,6 +130,26 @@ def test_looks_skull_stripped_noisy_head() -> None:
     data = rng.normal(10.0, 3.0, shape) + np.where(_ellipsoid(shape, (45, 47, 34)), 300.0, 0.0)
     image = nib.Nifti1Image(data.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     assert not skullstrip.looks_skull_stripped(image)
+
+
+def test_too_large_to_be_stripped_noisy_head() -> None:
+    # 96 × 96 × 72 voxels of 8 mm³, all non-zero, are 5308 mL: no brain is that large.
+    data = np.random.default_rng(1).normal(10.0, 3.0, (96, 96, 72)).astype(np.float32)
+    image = nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert skullstrip.too_large_to_be_stripped(image)
+
+
+def test_fraction_inside_brain_uses_mm() -> None:
+    # Non-zero voxels 2 and 6 voxels beyond the mask along z, at 1 mm in-plane and 2 mm slices:
+    # 4 mm and 12 mm away, so with a 4 mm margin only the first counts.
+    data = np.zeros((20, 20, 20), dtype=np.float32)
+    mask = np.zeros(data.shape, dtype=bool)
+    mask[8:12, 8:12, 8:12] = True
+    data[mask] = 1.0
+    data[10, 10, 13] = 1.0
+    data[10, 10, 17] = 1.0
+    image = nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0]))
+    assert skullstrip.fraction_inside_brain(image, mask) == pytest.approx(65 / 66)
 
 
 def test_n4_reduces_bias() -> None:

@@ -328,22 +328,25 @@ def preprocess_single_scan(
 
     Returns (normalized image, brain mask, stages run, stage timings, stages detected as done).
     """
-    from wmhseg.preprocess import pipeline, skullstrip
+    from wmhseg.preprocess import pipeline
 
     skip = set(options.skip)
     detected = []
-    check_skull = options.detect_skull_stripped and "skullstrip" not in skip
-    if check_skull and skullstrip.looks_skull_stripped(image):
-        skip.add("skullstrip")
-        detected.append("skullstrip")
-        logger.info("%s: looks skull-stripped already; skipping skull stripping", path)
     if skip:
         logger.info("%s: skipping preprocessing stages %s", path, ", ".join(sorted(skip)))
 
-    # Registration aligns two scans; a single scan has nothing to register to.
+    # Registration aligns two scans; a single scan has nothing to register to. Detection of an
+    # already stripped input reuses deepbet's mask, so it costs no second deepbet run.
     result = pipeline.preprocess_scan(
-        image, modality=modality, skip=frozenset(skip | {"register"}), source=str(path)
+        image,
+        modality=modality,
+        skip=frozenset(skip | {"register"}),
+        source=str(path),
+        detect_skull_stripped=options.detect_skull_stripped and "skullstrip" not in skip,
     )
+    if result.skull_stripped_detected:
+        detected.append("skullstrip")
+        logger.info("%s: looks skull-stripped already; kept its own brain region", path)
     return result.normalized, result.brain_mask, result.stages_run, result.timings_s, detected
 
 

@@ -42,6 +42,9 @@ class ScanResult:
     brain_mask: npt.NDArray[np.bool_]
     stages_run: list[str]
     timings_s: dict[str, float]
+    # True when detection found the input already skull-stripped (its non-zero voxels are then
+    # the brain mask); False when detection ran and found skull; None when it did not run.
+    skull_stripped_detected: bool | None = None
 
 
 def check_skip(skip: frozenset[str] | set[str]) -> frozenset[str]:
@@ -62,16 +65,21 @@ def preprocess_scan(
     skullstrip_method: str = "deepbet",
     brain_mask: npt.NDArray[np.bool_] | None = None,
     source: str | None = None,
+    detect_skull_stripped: bool = False,
 ) -> ScanResult:
     """Run N4, skull stripping and WhiteStripe on one scan; the result stays on its grid.
 
     ``register`` does not apply to a single scan and is ignored. With ``brain_mask`` given,
     skull stripping is not run. With ``skullstrip`` skipped and no mask, the brain is the
-    non-zero voxels (the image is already stripped). ``source`` names the file in errors.
+    non-zero voxels, holes filled (the image is already stripped). ``detect_skull_stripped``
+    reuses the skull-stripping mask to test whether the input was stripped already
+    (:func:`skullstrip.looks_skull_stripped`). If it was, the input's own non-zero region is
+    the brain mask. ``source`` names the file in errors.
     """
     skip = check_skip(skip)
     stages_run: list[str] = []
     timings: dict[str, float] = {}
+    detected: bool | None = None
     current = image
 
     if "n4" not in skip:
@@ -87,10 +95,19 @@ def preprocess_scan(
         mask = skullstrip.compute_brain_mask(
             current, modality=modality, method=skullstrip_method, source=source
         )
+        if detect_skull_stripped:
+            # The input's zeros, not N4's output, tell whether it was stripped; N4 keeps them
+            # zero but clips negative values to zero.
+            stripped = skullstrip.looks_skull_stripped(image, brain_mask=mask)
+            detected = stripped
+            if stripped:
+                mask = skullstrip.nonzero_brain_mask(image)
+                skullstrip.check_brain_mask(mask, image, source=source)
         timings["skullstrip"] = time.perf_counter() - start
-        stages_run.append("skullstrip")
+        if not detected:
+            stages_run.append("skullstrip")
     else:
-        mask = np.asarray(current.dataobj) != 0
+        mask = skullstrip.nonzero_brain_mask(current)
         skullstrip.check_brain_mask(mask, current, source=source)
 
     if "whitestripe" not in skip:
@@ -102,7 +119,13 @@ def preprocess_scan(
         data = np.where(mask, np.asarray(current.dataobj, dtype=np.float32), 0.0)
         current = nib.Nifti1Image(data.astype(np.float32), current.affine, current.header)
 
-    return ScanResult(normalized=current, brain_mask=mask, stages_run=stages_run, timings_s=timings)
+    return ScanResult(
+        normalized=current,
+        brain_mask=mask,
+        stages_run=stages_run,
+        timings_s=timings,
+        skull_stripped_detected=detected,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,7 +366,7 @@ def preprocess_subject(
     mask_path = inputs.t1 if mask_source_name == "t1" else inputs.flair
     assert mask_source is not None
     if "skullstrip" in skip:
-        brain = np.asarray(reference.dataobj) != 0
+        brain = skullstrip.nonzero_brain_mask(reference)
         skullstrip.check_brain_mask(brain, reference, source=str(inputs.flair or inputs.t1))
     else:
         key = _key(checksums, parameters, "skullstrip")
