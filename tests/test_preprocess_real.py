@@ -45,3 +45,29 @@ def test_detects_scan_with_skull(shared_data: Path, relative: str) -> None:
     image = io.load_image(shared_data / relative)
     assert not skullstrip.too_large_to_be_stripped(image)
     assert not skullstrip.looks_skull_stripped(image)
+
+
+@pytest.mark.parametrize("patient", ["patient01", "patient04"])
+def test_flair_brain_mask_dice(shared_data: Path, patient: str) -> None:
+    import nibabel as nib
+
+    from wmhseg.preprocess import registration
+
+    folder = shared_data / "open_ms_data_longitudinal_raw" / patient
+    flair = io.load_image(folder / "study1_FLAIR.nii.gz")
+    common_path = folder / "brainmask_common_space.nii.gz"
+    common = nib.Nifti1Image(
+        io.load_label(common_path, max_label=1).astype(np.float32),
+        io.load_image(common_path).affine,
+    )
+    # The file is the transform that resamples the FLAIR into the common space, so it maps
+    # common-space points to FLAIR points. Pulling the mask onto the FLAIR grid needs the
+    # inverse; the forward direction leaves the mask visibly shifted (Dice 0.88 and 0.70).
+    transform = registration.load_transform(folder / "study1_FLAIR_to_common_space.txt")
+    truth = registration.resample_to(common, flair, transform.GetInverse(), interpolation="nearest")
+    truth_mask = np.asarray(truth.dataobj) > 0.5
+
+    mask = skullstrip.compute_brain_mask(flair, modality="flair")
+    dice = 2 * np.sum(mask & truth_mask) / (np.sum(mask) + np.sum(truth_mask))
+    # Measured 0.961 (patient01) and 0.955 (patient04), the same with or without N4 first.
+    assert dice >= 0.93
