@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -157,3 +158,5 @@ def test_raw_scans_keep_geometry(tmp_path: Path) -> None:
         assert int(mask.header["qform_code"]) == int(source.header["qform_code"])
         np.testing.assert_allclose(mask.header.get_zooms(), source.header.get_zooms(), atol=1e-5)
         assert mask.get_data_dtype() == np.uint8
+        record = json.loads((tmp_path / image.name.replace(".nii.gz", "_wmh.json")).read_text())
+        assert "skullstrip" in record["preprocessing"]["stages_run"]  # the scans have skull
