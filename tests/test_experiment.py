@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from typer.testing import Result
 
 from wmhseg import experiment
 from wmhseg.errors import WmhsegError
@@ -333,3 +335,36 @@ def test_report_files_written(tmp_path: Path) -> None:
     names = sorted(p.name for p in outputs.paths)
     assert names == ["lambda.png", "summary.csv", "summary.md"]
     assert [r.method for r in outputs.rows] == ["F50-T50", "greedy-T100"]
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (option errors only: training is covered in test_experiment_run.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _empty_subjects(root: Path, count: int) -> Path:
+    for i in range(count):
+        folder = root / f"sub{i}"
+        folder.mkdir(parents=True)
+        for name in ("T1.nii.gz", "FLAIR.nii.gz", "wmh.nii.gz"):
+            (folder / name).touch()
+    return root
+
+
+def test_cli_rejects_unknown_method(tmp_path: Path, run_cli: Callable[..., Result]) -> None:
+    data = _empty_subjects(tmp_path / "data", 2)
+
+    result = run_cli("experiment", data, "--out", tmp_path / "out", "--method", "F50-T50,meta")
+
+    assert result.exit_code == 1
+    assert "unknown method 'meta'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_rejects_too_many_folds(tmp_path: Path, run_cli: Callable[..., Result]) -> None:
+    data = _empty_subjects(tmp_path / "data", 2)
+
+    result = run_cli("experiment", data, "--out", tmp_path / "out")
+
+    assert result.exit_code == 1
+    assert "Use --folds 2 or fewer" in result.stderr

@@ -158,9 +158,14 @@ def experiment_command(
     outputs = experiment.write_report(
         records, out, method_order=[m.name for m in plan.methods], group_by=grouping
     )
-    rows = outputs.rows
-    Console().print(
-        experiment_report.to_rich_table(rows, title=f"Test Dice over {group_by}s (mean ± s.d.)")
+    # Piped or redirected output has no terminal width; 120 columns keep each row on one line.
+    table_console = Console()
+    if not table_console.is_terminal:
+        table_console = Console(width=120)
+    table_console.print(
+        experiment_report.to_rich_table(
+            outputs.rows, title=f"Test Dice over {group_by}s (mean ± s.d.)"
+        )
     )
     for path in outputs.paths:
         console.print(f"Wrote {path}", highlight=False)
