@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from rich.table import Table
 
 from wmhseg.io import write_bytes_atomic
 
@@ -210,10 +211,8 @@ def to_csv(rows: Sequence[SummaryRow]) -> str:
     return buffer.getvalue()
 
 
-def to_rich_table(rows: Sequence[SummaryRow], *, title: str = "") -> object:
-    """Build a :class:`rich.table.Table` of the summary for printing on a console."""
-    from rich.table import Table
-
+def to_rich_table(rows: Sequence[SummaryRow], *, title: str = "") -> Table:
+    """Build a Rich table of the summary for printing on a console."""
     table = Table(title=title or None)
     for name in TABLE_HEADER:
         table.add_column(name, justify="left" if name in ("setup", "method") else "right")
