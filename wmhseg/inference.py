@@ -629,7 +629,13 @@ def predict_images(
             logger.error("%s: prediction failed: %s", path, error)
             batch.failures.append((path, str(error)))
         except Exception as error:  # one image's bug must not lose the other images' results
-            logger.error("%s: prediction failed with an unexpected error", path, exc_info=True)
+            # The traceback is for bug reports, so it is shown only with debug logging (--debug).
+            logger.error(
+                "%s: prediction failed with an unexpected error: %s",
+                path,
+                error,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
             batch.failures.append((path, f"unexpected error: {type(error).__name__}: {error}"))
         if on_image_done is not None:
             on_image_done(path, result)
