@@ -22,6 +22,7 @@ def main() -> None:
     subject = data / "open_ms_data_longitudinal_raw" / "patient01"
     walls: list[float] = []
     peaks_mb: list[float] = []
+    cpus: list[float] = []
     for _ in range(3):
         with tempfile.TemporaryDirectory() as out:
             command = [
@@ -35,8 +36,15 @@ def main() -> None:
             walls.append(time.perf_counter() - start)
             match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", finished.stderr)
             peaks_mb.append(int(match.group(1)) / 1024 if match else float("nan"))
+            # CPU time (user + system) varies less than wall time on a machine shared with
+            # other jobs.
+            user = re.search(r"User time \(seconds\): ([\d.]+)", finished.stderr)
+            system = re.search(r"System time \(seconds\): ([\d.]+)", finished.stderr)
+            cpus.append(float(user.group(1)) + float(system.group(1)) if user and system else 0.0)
     runs = ", ".join(f"{wall:.1f}" for wall in walls)
     print(f"wall s per run: {runs}; median {statistics.median(walls):.1f}")
+    cpu_runs = ", ".join(f"{cpu:.1f}" for cpu in cpus)
+    print(f"CPU s per run: {cpu_runs}; median {statistics.median(cpus):.1f}")
     print(f"peak RSS MB: {max(peaks_mb):.0f}")
 
 

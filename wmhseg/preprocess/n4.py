@@ -16,6 +16,13 @@ from wmhseg.errors import PreprocessingError
 
 logger = logging.getLogger(__name__)
 
+# Fit settings. On the raw longitudinal T1W/FLAIR scans, shrinking to 5 mm instead of 4 mm cut
+# the N4 time from 25.5 s to 10.7 s for four scans (2-core CPU, load 7) and left the
+# white-matter coefficient of variation within 0.003 of the 4 mm fit on the T1s and no higher
+# on the FLAIRs (docs/preprocessing.md). 3 mm slices are then shrunk by 2 as well.
+SHRINK_TO_MM = 5.0
+ITERATIONS = (20, 20, 10)
+
 
 def head_mask(image: nib.Nifti1Image) -> npt.NDArray[np.bool_]:
     """Estimate the head (everything but air) with Otsu's threshold, holes filled."""
@@ -36,8 +43,8 @@ def correct_bias_field(
     image: nib.Nifti1Image,
     *,
     mask: npt.NDArray[np.bool_] | None = None,
-    shrink_to_mm: float = 4.0,
-    iterations: Sequence[int] = (20, 20, 10),
+    shrink_to_mm: float = SHRINK_TO_MM,
+    iterations: Sequence[int] = ITERATIONS,
     convergence_threshold: float = 1e-3,
     spline_distance_mm: float = 100.0,
 ) -> nib.Nifti1Image:

@@ -257,7 +257,11 @@ def _parameters(skip: frozenset[str], skullstrip_method: str) -> dict[str, Any]:
         "skip": sorted(skip),
         "skullstrip_method": skullstrip_method,
         "registration": {"transform": "Euler3D", "metric": "MattesMI", "levels_mm": [4, 2, 1]},
-        "n4": {"shrink_to_mm": 4.0, "iterations": [20, 20, 10], "mask": "head (Otsu)"},
+        "n4": {
+            "shrink_to_mm": n4.SHRINK_TO_MM,
+            "iterations": list(n4.ITERATIONS),
+            "mask": "head (Otsu)",
+        },
         "whitestripe": {"width": 0.05},
     }
 
