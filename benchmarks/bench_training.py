@@ -89,17 +89,26 @@ def agreement(model: torch.nn.Module, dataset: data.SliceDataset, batches: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data_dir", type=Path)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="0 skips the step timing")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--agreement-batches", type=int, default=50)
+    parser.add_argument(
+        "--agreement-batches", type=int, default=50, help="0 skips the agreement measurement"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--models", default="unet,lw")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    full = load_dataset(args.data_dir, 256)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.steps > 0:
+        time_all(args)
+    if args.agreement_batches > 0:
+        agreement_all(args)
+
+
+def time_all(args: argparse.Namespace) -> None:
+    full = load_dataset(args.data_dir, 256)
     print(
         "| network | parameters | fixed-λ step (s) | exact meta step (s) | first-order step (s) "
         "| exact ÷ fixed | first-order ÷ fixed |"
@@ -115,6 +124,8 @@ def main() -> None:
             flush=True,
         )
 
+
+def agreement_all(args: argparse.Namespace) -> None:
     patches = load_dataset(args.data_dir, 128)
     print()
     print("| network | state | batches | first-order agrees with exact |")
