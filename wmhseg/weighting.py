@@ -432,8 +432,8 @@ def _fixed_step(
     loss_fn: LossFunction,
 ) -> StepResult:
     weights = weighting.weights()
-    # One forward pass per domain: on a 2-core CPU, two passes over 4 slices of 256×256 measured
-    # faster than one pass over 8 (benchmarks/bench_training.py), and it keeps BatchNorm
+    # One forward pass per domain: with 1 thread on a 2-core CPU, two passes over 4 slices of
+    # 256×256 measured faster than one pass over 8 (docs/benchmarks.md), and it keeps BatchNorm
     # statistics per domain as in the other paths.
     losses = [loss_fn(model(images), labels) for images, labels in batches]
     total = sum(w * loss for w, loss in zip(weights, losses, strict=True))
