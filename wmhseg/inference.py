@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as functional
 
 from wmhseg import __version__, io, metrics, slicing
+from wmhseg.device import resolve_device
 from wmhseg.errors import InputImageError, ModelError, WmhsegError
 
 logger = logging.getLogger(__name__)
@@ -126,21 +127,6 @@ def infer_modality(path: str | Path, explicit: str | None = None) -> tuple[Modal
         f"cannot tell the modality: the file name {reason}. Pass --modality t1 or "
         "--modality flair.",
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    """Turn ``auto``, ``cpu`` or ``cuda`` (optionally ``cuda:N``) into a torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(
-            f"device {name!r} requested but PyTorch sees no CUDA GPU (torch {torch.__version__}). "
-            "Use --device cpu or --device auto."
-        )
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise ModelError(f"invalid device {name!r}; use auto, cpu or cuda.") from error
 
 
 def parse_skip(value: str | Sequence[str] | None) -> frozenset[str]:

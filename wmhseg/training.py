@@ -38,6 +38,7 @@ import torch
 
 from wmhseg import __version__, checkpoint, data
 from wmhseg.augment import AugmentationRange
+from wmhseg.device import resolve_device
 from wmhseg.errors import OutputError, TrainingError
 from wmhseg.io import prepare_output_dir, write_bytes_atomic
 from wmhseg.losses import IGNORE_LABEL, per_slice_loss
@@ -152,20 +153,6 @@ class TrainResult:
     device: str
     history: list[dict[str, Any]]
     seconds: float
-
-
-def resolve_device(name: str) -> torch.device:
-    """Turn ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` into a device; auto prefers CUDA."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(
-            f"--device {name} was requested but PyTorch sees no CUDA device; use --device cpu."
-        )
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise TrainingError(f"invalid device {name!r}; use auto, cpu or cuda.") from error
 
 
 def make_weighting(config: TrainConfig) -> Weighting:
