@@ -32,8 +32,9 @@ demo: $(BIN)/.installed
 	@echo "WMH statistics: $(DEMO_OUT)/predictions/wmh_stats.csv"
 	@echo "QC picture:     $(DEMO_OUT)/predictions/FLAIR_wmh_qc.png"
 
+# .venv/bin goes first on PATH so that tests find the tools the dev extra installs (hadolint).
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check wmhseg tests benchmarks

@@ -56,3 +56,12 @@ def test_slices_include_lesion_slice() -> None:
     assert 12 in with_focus
     assert all(3 <= k <= 16 for k in without_focus)
     assert len(with_focus) == 4
+
+
+def test_qc_png_rejects_unknown_focus(tmp_path: Path) -> None:
+    volume, lesion = _phantom()
+
+    with pytest.raises(ValueError, match="focus"):
+        save_overlay_png(
+            volume, np.eye(4), tmp_path / "qc.png", outlines={"WMH": lesion}, focus="x"
+        )

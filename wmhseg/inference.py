@@ -398,7 +398,11 @@ def predict_image(
             image.affine,
             paths["qc"],
             outlines={"WMH": mask, "brain mask": brain_mask},
-            title=f"{path.name}: WMH {wmh_volume_ml:.2f} mL, {lesion_count} lesions",
+            focus="WMH",
+            title=(
+                f"{path.name}: WMH {wmh_volume_ml:.2f} mL, {lesion_count} "
+                f"{'lesion' if lesion_count == 1 else 'lesions'}"
+            ),
             overwrite=options.overwrite,
         )
     else:

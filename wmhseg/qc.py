@@ -65,6 +65,7 @@ def save_overlay_png(
     *,
     outlines: Mapping[str, npt.NDArray[np.generic]] | None = None,
     overlay: npt.NDArray[np.generic] | None = None,
+    focus: str | None = None,
     n_slices: int = 6,
     title: str = "",
     overwrite: bool = False,
@@ -78,6 +79,8 @@ def save_overlay_png(
         outlines: masks on the same grid, each drawn as a coloured contour named in the legend.
         overlay: a second image on the same grid blended in a heat colour map, for checking
             that two images are aligned.
+        focus: key of the outline (for example the WMH mask) whose busiest slices take half
+            of the row; without it the slices are spread evenly over the image.
         n_slices: number of axial slices in the row.
         title: text above the row.
         overwrite: replace an existing file.
@@ -90,8 +93,9 @@ def save_overlay_png(
 
     spacing = np.linalg.norm(ras_affine(matrix, image.shape)[:3, :3], axis=0)
     extent = (0.0, image.shape[0] * spacing[0], 0.0, image.shape[1] * spacing[1])
-    focus = np.any(np.stack(list(masks.values())), axis=0) if masks else None
-    slices = choose_axial_slices(image, n_slices, focus=focus)
+    if focus is not None and focus not in masks:
+        raise ValueError(f"focus {focus!r} is not one of the outlines {sorted(masks)}")
+    slices = choose_axial_slices(image, n_slices, focus=masks[focus] if focus else None)
     low, high = _intensity_window(image)
 
     figure, axes = plt.subplots(

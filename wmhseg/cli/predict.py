@@ -98,6 +98,12 @@ def predict(
     console.print(
         f"Model {predictor.info.path} ({predictor.info.model_name}) on device {predictor.device}"
     )
+    if model is None:
+        console.print(
+            "[yellow]Note:[/yellow] the shipped model is a demonstration model trained on two "
+            "MS patients; its masks are not fit for measurements. Train a model on your own "
+            "labelled data (wmhseg train) and pass it with --model. See docs/model_card.md."
+        )
 
     progress = Progress(
         TextColumn("{task.description}"),
@@ -118,7 +124,8 @@ def predict(
                 stages = ", ".join(result.stages_run) or "none"
                 progress.console.print(
                     f"{path.name}: WMH {result.wmh_volume_ml:.2f} mL, "
-                    f"{result.lesion_count} lesions (preprocessing run: {stages}) → "
+                    f"{result.lesion_count} {'lesion' if result.lesion_count == 1 else 'lesions'} "
+                    f"(preprocessing run: {stages}) → "
                     f"{result.outputs['mask']}"
                 )
 
@@ -126,7 +133,9 @@ def predict(
             images, predictor, out, options, on_image_start=started, on_image_done=finished
         )
 
-    console.print(f"Statistics: {out / inference.STATS_FILE_NAME}")
+    stats_path = out / inference.STATS_FILE_NAME
+    if stats_path.is_file():
+        console.print(f"Statistics: {stats_path}")
     if batch.failures:
         console.print(_failure_table(batch.failures))
         raise typer.Exit(code=1)
