@@ -40,13 +40,22 @@ def choose_axial_slices(
 
     if focus is None or not np.any(focus):
         return sorted(set(spread))
+    # Busiest slices first, kept apart so that one large lesion does not fill the row.
     counts = np.count_nonzero(focus, axis=(0, 1))
-    busiest = [int(k) for k in np.argsort(counts)[::-1][: n_slices // 2] if counts[k] > 0]
-    chosen = set(busiest)
-    for k in spread:
-        if len(chosen) >= n_slices:
+    separation = max(1, (high - low) // (2 * n_slices))
+    chosen: set[int] = set()
+    for k in (int(k) for k in np.argsort(counts)[::-1]):
+        if len(chosen) >= n_slices // 2 or counts[k] == 0:
             break
-        chosen.add(int(k))
+        if all(abs(k - other) >= separation for other in chosen):
+            chosen.add(k)
+
+    # Then the evenly spread slices farthest from those already chosen.
+    remaining = [k for k in spread if k not in chosen]
+    while len(chosen) < n_slices and remaining:
+        farthest = max(remaining, key=lambda k: min((abs(k - c) for c in chosen), default=0))
+        chosen.add(farthest)
+        remaining.remove(farthest)
     return sorted(chosen)
 
 
