@@ -608,10 +608,12 @@ def prepare_output_dir(path: PathLike) -> Path:
 
 
 def check_output_dir(path: PathLike) -> Path:
-    """Check that an output folder could be written, without creating anything.
+    """Check that an output folder could be written, leaving nothing behind.
 
-    For a missing folder, the nearest existing parent must be a writable folder, because
-    :func:`prepare_output_dir` will create the rest. Returns that existing folder.
+    For a missing folder, the nearest existing parent must be a folder in which a subfolder
+    can be created, because :func:`prepare_output_dir` will create the rest; a temporary
+    subfolder is made and removed to find out, since permission bits do not tell for root or
+    for read-only and virtual file systems. Returns that existing folder.
     """
     path = Path(path)
     existing = path
@@ -622,12 +624,15 @@ def check_output_dir(path: PathLike) -> Path:
     if not existing.is_dir():
         role = "output path" if existing == path else "parent of the output folder"
         raise OutputError(f"{existing}: {role} exists and is not a folder; choose a folder.")
-    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(
-            f"{path}: cannot create the output folder because {existing} is not writable. "
-            "Choose a folder you can write to."
-        )
-    if existing == path:
+    if existing != path:
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".wmhseg-write-check-"))
+        except OSError as error:
+            raise OutputError(
+                f"{path}: cannot create the output folder because {existing} is not writable "
+                f"({error.strerror}). Choose a folder you can write to."
+            ) from error
+    else:
         _probe_writable(path)
     return existing
 
