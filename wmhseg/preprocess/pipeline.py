@@ -457,24 +457,30 @@ def _write_qc(
     t1: nib.Nifti1Image | None,
     brain: npt.NDArray[np.bool_],
     subject: str,
-) -> Path | None:
-    try:
-        from wmhseg import qc
-    except ImportError:
-        # NOTE: wmhseg.qc is written separately; until it exists no QC picture is made.
-        logger.warning("wmhseg.qc is not available; no QC picture written for %s", subject)
-        return None
+) -> Path:
+    from skimage.filters import threshold_otsu
+
+    from wmhseg import qc
+
     background = flair if flair is not None else t1
     assert background is not None
-    overlay = np.asarray(t1.dataobj) if (t1 is not None and flair is not None) else None
+    outlines: dict[str, npt.NDArray[np.bool_]] = {"brain mask": brain}
+    title = f"{subject}: {'FLAIR' if flair is not None else 'T1'} with brain mask"
+    if t1 is not None and flair is not None:
+        # The registered T1's tissue/CSF edge (Otsu threshold inside the brain) drawn over the
+        # FLAIR shows misregistration as an outline that misses the FLAIR's ventricles and sulci.
+        t1_data = np.asarray(t1.dataobj, dtype=np.float32)
+        inside = t1_data[brain]
+        if inside.size and float(inside.max()) > float(inside.min()):
+            outlines["registered T1 tissue/CSF edge"] = brain & (t1_data > threshold_otsu(inside))
+            title = f"{subject}: FLAIR, brain mask and the registered T1's tissue/CSF edge"
     return Path(
         qc.save_overlay_png(
             np.asarray(background.dataobj),
             reference.affine,
             path,
-            outlines={"brain mask": brain},
-            overlay=overlay,
-            title=f"{subject}: {'FLAIR with T1 overlay' if overlay is not None else 'brain mask'}",
+            outlines=outlines,
+            title=title,
             overwrite=True,
         )
     )
