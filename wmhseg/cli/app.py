@@ -21,6 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help text: Rich's boxed help truncates long option names at 80 columns.
+    rich_markup_mode=None,
 )
 
 # Messages, logs and progress bars go to stderr so that stdout stays clean for results.
