@@ -13,35 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from wmhseg import checkpoint
 from wmhseg.cli import app
-from wmhseg.models import build_model
 
 SKIP_ALL = "n4,skullstrip,whitestripe"
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    kwargs = {"width": 2, "depth": 2}
-    model = build_model("unet", **kwargs)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    checkpoint.save_checkpoint(
-        {
-            "format_version": checkpoint.FORMAT_VERSION,
-            "model_name": "unet",
-            "model_kwargs": kwargs,
-            "model_state": model.state_dict(),
-            "size_divisor": 4,
-            "threshold": 0.5,
-            "in_plane_spacing_mm": 1.0,
-            "wmhseg_version": "test",
-            "training": {"command": "none: random weights for tests"},
-        },
-        path,
-    )
-    return path
 
 
 def _scan(path: Path, shape: tuple[int, int, int] = (30, 34, 9)) -> Path:
