@@ -611,9 +611,9 @@ def check_output_dir(path: PathLike) -> Path:
     """Check that an output folder could be written, leaving nothing behind.
 
     For a missing folder, the nearest existing parent must be a folder in which a subfolder
-    can be created, because :func:`prepare_output_dir` will create the rest; a temporary
-    subfolder is made and removed to find out, since permission bits do not tell for root or
-    for read-only and virtual file systems. Returns that existing folder.
+    can be created, because :func:`prepare_output_dir` will create the rest. A temporary
+    subfolder is made and removed to find out: permission bits do not tell for root, nor on
+    read-only and virtual file systems. Returns that existing folder.
     """
     path = Path(path)
     existing = path

@@ -94,5 +94,9 @@ def main_options(
 ) -> None:
     """Segment white matter hyperintensities in T1-weighted or FLAIR MRI."""
     state.debug = debug
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    level = logging.WARNING
+    if verbose:
+        level = logging.INFO
+    if debug:
+        level = logging.DEBUG
     configure_logging(level)
