@@ -53,3 +53,12 @@ def test_error_message_keeps_brackets(tmp_path: Path) -> None:
 
     assert result.exit_code != 0
     assert "[sub-01]" in result.output
+
+
+def test_predict_missing_input_creates_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "predictions"
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "FLAIR.nii.gz"), "--out", str(out)])
+
+    assert result.exit_code == 2
+    assert "file not found" in result.output
+    assert not out.exists()

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from wmhseg import inference, io
 from wmhseg.cli.app import app, console, handle_errors
+from wmhseg.errors import InputImageError
 
 
 def _failure_table(failures: list[tuple[Path, str]]) -> Table:
@@ -92,6 +93,9 @@ def predict(
         qc_png=not no_qc,
     )
     inference.check_unique_names(images)
+    # With every input missing there is nothing to do: stop before creating the output folder.
+    if not any(image.exists() for image in images):
+        raise InputImageError(images[0], "file not found. Check the path and its spelling.")
     io.prepare_output_dir(out)
 
     predictor = inference.load_predictor(model, device=device)
