@@ -21,11 +21,12 @@ the same batches as an uninterrupted one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -113,6 +114,18 @@ class SubjectVolumes:
     lesion_slices: list[int] = field(default_factory=list)
 
 
+def load_brain_mask(
+    path: Path | None, reference: nib.Nifti1Image, images: Iterable[nib.Nifti1Image]
+) -> npt.NDArray[np.bool_]:
+    """Read a subject's brain mask, or take the non-zero voxels of its images without one."""
+    if path is not None:
+        return io.load_label(path, reference, max_label=1).astype(bool)
+    brain = np.zeros(reference.shape, dtype=bool)
+    for image in images:
+        brain |= np.asarray(image.dataobj) != 0
+    return brain
+
+
 def load_subject(files: SubjectFiles) -> SubjectVolumes:
     """Read one subject's images, label and brain mask onto the network grid."""
     if files.label is None:
@@ -131,12 +144,7 @@ def load_subject(files: SubjectFiles) -> SubjectVolumes:
     label = io.load_label(files.label, reference)
 
     affine = reference.affine
-    if files.brain_mask is not None:
-        brain = io.load_label(files.brain_mask, reference, max_label=1).astype(bool)
-    else:
-        brain = np.zeros(reference.shape, dtype=bool)
-        for image in loaded.values():
-            brain |= np.asarray(image.dataobj) != 0
+    brain = load_brain_mask(files.brain_mask, reference, loaded.values())
     if int(brain.sum()) == 0:
         raise InputImageError(
             files.images[reference_domain], "brain mask is empty; check the preprocessing output."

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as functional
 
 from wmhseg import data, io
+from wmhseg.data import load_brain_mask
 from wmhseg.errors import TrainingError
 from wmhseg.experiment import Cell, ExperimentPlan, RunRecord, dice_from_counts
 from wmhseg.models import size_divisor
@@ -125,12 +126,7 @@ def split_subject_by_slices(
     images = {domain: io.load_image(path) for domain, path in subject.images.items()}
     reference = next(iter(images.values()))
     label = io.load_label(subject.label, reference)
-    if subject.brain_mask is not None:
-        brain = io.load_label(subject.brain_mask, reference, max_label=1).astype(bool)
-    else:
-        brain = np.zeros(reference.shape, dtype=bool)
-        for image in images.values():
-            brain |= np.asarray(image.dataobj) != 0
+    brain = load_brain_mask(subject.brain_mask, reference, images.values())
 
     axis = axial_axis(reference.affine)
     held_out = held_out_slices(brain, axis)
