@@ -64,6 +64,23 @@ def plan_network_grid(
     )
 
 
+def _resize(
+    data: npt.NDArray[np.generic], shape: tuple[int, int, int], *, is_label: bool
+) -> npt.NDArray[np.generic]:
+    # Nearest neighbour keeps labels exact; linear suits intensities and probabilities.
+    if tuple(data.shape) == shape:
+        return data
+    return np.asarray(
+        resize(
+            data.astype(np.float32),
+            shape,
+            order=0 if is_label else 1,
+            preserve_range=True,
+            anti_aliasing=False,
+        )
+    )
+
+
 def to_network_grid(
     data: npt.NDArray[np.generic],
     affine: npt.ArrayLike,
@@ -77,16 +94,7 @@ def to_network_grid(
     """
     grid = plan_network_grid(affine, data.shape)
     reoriented = to_ras(data, affine)
-    if reoriented.shape == grid.network_shape:
-        resampled = reoriented
-    else:
-        resampled = resize(
-            reoriented.astype(np.float32),
-            grid.network_shape,
-            order=0 if is_label else 1,
-            preserve_range=True,
-            anti_aliasing=False,
-        )
+    resampled = _resize(reoriented, grid.network_shape, is_label=is_label)
     if is_label:
         return np.rint(resampled).astype(data.dtype), grid
     return np.asarray(resampled, dtype=np.float32), grid
@@ -101,16 +109,7 @@ def from_network_grid(
     """
     if tuple(data.shape) != grid.network_shape:
         raise ValueError(f"expected shape {grid.network_shape}, got {data.shape}")
-    if grid.network_shape == grid.ras_shape:
-        resampled = data
-    else:
-        resampled = resize(
-            data.astype(np.float32),
-            grid.ras_shape,
-            order=0 if is_label else 1,
-            preserve_range=True,
-            anti_aliasing=False,
-        )
+    resampled = _resize(data, grid.ras_shape, is_label=is_label)
     restored = from_ras(np.asarray(resampled), np.asarray(grid.affine))
     if is_label:
         return np.rint(restored).astype(data.dtype)
