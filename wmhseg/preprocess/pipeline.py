@@ -423,11 +423,9 @@ def preprocess_subject(
             transform, out_dir / "T1_to_FLAIR.tfm", overwrite=True
         )
     if write_qc:
-        qc_path = _write_qc(
+        outputs["qc.png"] = _write_qc(
             out_dir / "qc.png", reference, flair_n4, t1_on_reference, brain, inputs.subject
         )
-        if qc_path is not None:
-            outputs["qc.png"] = qc_path
 
     provenance = build_provenance(
         subject=inputs.subject,
