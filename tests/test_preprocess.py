@@ -218,7 +218,8 @@ def test_discovery_bids_sessions(tmp_path: Path) -> None:
     labels.mkdir(parents=True)
     (labels / "sub-01_ses-1_FLAIR_mask.nii.gz").touch()
     [subject] = find_subjects(tmp_path)
-    assert (subject.subject, subject.wmh is not None) == ("sub-01_ses-1", True)
+    assert subject.subject == "sub-01_ses-1"
+    assert subject.wmh is not None
 
 
 def test_cli_unknown_skip_exits_nonzero(run_cli: Callable[..., Result], tmp_path: Path) -> None:

@@ -248,7 +248,7 @@ def crop_slice(
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How training slices are drawn and cut."""
+    """Options for drawing and cutting training slices."""
 
     crop_size: tuple[int, int] = (128, 128)
     lesion_fraction: float = 0.5

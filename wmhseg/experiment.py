@@ -517,7 +517,7 @@ def _run_and_save(runner: CellRunner, cell: Cell, plan: ExperimentPlan, out_dir:
 
 
 def write_plan(plan: ExperimentPlan, out_dir: Path) -> Path:
-    """Write ``plan.json``; reject an output folder that holds a different plan's runs."""
+    """Write ``plan.json``; reject an output folder that contains a different plan's runs."""
     path = out_dir / "plan.json"
     # Round-trip through JSON so that tuples compare equal to the lists read back.
     described = json.loads(json.dumps(plan.describe()))
@@ -530,7 +530,7 @@ def write_plan(plan: ExperimentPlan, out_dir: Path) -> Path:
         ]
         if mismatched:
             raise WmhsegError(
-                f"{out_dir} holds an experiment with a different {', '.join(mismatched)}. "
+                f"{out_dir} contains an experiment with a different {', '.join(mismatched)}. "
                 "Resume it with the same options, or choose another --out folder."
             )
     payload = json.dumps(described, indent=1).encode()

@@ -343,7 +343,7 @@ def first_order_choice(gradients: Sequence[Sequence[torch.Tensor]], mode: Mode) 
 
 @dataclass
 class StepResult:
-    """What one call of :func:`weighted_step` did."""
+    """Outcome of one call of :func:`weighted_step`."""
 
     losses: list[float]
     weights: tuple[float, ...]

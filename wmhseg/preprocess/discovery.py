@@ -59,7 +59,7 @@ def find_subjects(root: str | Path) -> list[SubjectInputs]:
     ``*_mask.nii.gz`` in ``derivatives/<pipeline>/`` at the same relative path.
 
     Raises:
-        InputImageError: the folder is missing or holds no subject.
+        InputImageError: the folder is missing or contains no subject.
     """
     root = Path(root)
     if not root.is_dir():

@@ -314,7 +314,7 @@ def preprocess_subject(
             return result
         if not overwrite:
             raise OutputError(
-                f"{out_dir}: holds preprocessing outputs from other inputs or parameters; "
+                f"{out_dir}: contains preprocessing outputs from other inputs or parameters; "
                 "pass --overwrite to replace them."
             )
 
