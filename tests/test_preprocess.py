@@ -78,6 +78,61 @@ def test_whitestripe_t1_phantom_centred() -> None:
     assert abs(float(np.median(normalized[core]))) < 1.0
 
 
+def test_kde_mode_finds_peak_of_skewed_sample() -> None:
+    rng = np.random.default_rng(0)
+    # A white-matter-like peak at 3 with a broader grey-matter shoulder above it.
+    values = np.concatenate([rng.normal(3.0, 1.0, 200_000), rng.normal(6.0, 2.0, 80_000)])
+    assert abs(whitestripe.kde_mode(values) - 3.0) < 0.2
+
+
+def test_kde_mode_uses_every_value() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.0, 1.0, 300_000)
+    # Deterministic: no subsample is drawn, so a reversed copy gives the same peak.
+    assert whitestripe.kde_mode(values) == whitestripe.kde_mode(values[::-1])
+
+
+def test_white_matter_estimate_finds_brightest_tissue() -> None:
+    flair, brain, white = _flair_phantom()
+    data = np.asarray(flair.dataobj).copy()
+    data[white] += 160.0  # white matter at 420, brightest tissue on T1
+    estimate = whitestripe.white_matter_estimate(data, brain, spacing=(1.0, 1.0, 2.0))
+    inside = float((estimate & white).sum()) / float(estimate.sum())
+    assert estimate.sum() > 1000
+    assert inside > 0.95
+
+
+def test_whitestripe_centres_inside_given_white_matter() -> None:
+    image, brain, white = _flair_phantom()
+    # A white-matter mask that holds only the brighter half of the white matter moves the
+    # mode up; the result must follow the mask it is given.
+    data = np.asarray(image.dataobj)
+    upper = white & (data > 260.0)
+    for mask in (white, upper):
+        normalized = np.asarray(
+            whitestripe.whitestripe_normalize(
+                image, brain, modality="flair", white_matter=mask
+            ).dataobj
+        )
+        assert abs(whitestripe.kde_mode(normalized[mask])) < 0.2
+
+
+def test_whitestripe_rejects_tiny_white_matter() -> None:
+    image, brain, _ = _flair_phantom()
+    white = np.zeros(brain.shape, dtype=bool)
+    white[24, 24, 12] = True
+    with pytest.raises(PreprocessingError, match="white-matter estimate has 1 voxels"):
+        whitestripe.whitestripe_normalize(image, brain, modality="flair", white_matter=white)
+
+
+def test_whitestripe_rejects_white_matter_of_other_shape() -> None:
+    image, brain, _ = _flair_phantom()
+    with pytest.raises(ValueError, match="white-matter mask shape"):
+        whitestripe.whitestripe_normalize(
+            image, brain, modality="flair", white_matter=np.ones((4, 4, 4), dtype=bool)
+        )
+
+
 def test_whitestripe_phantom_zero_outside_brain() -> None:
     image, brain, _ = _flair_phantom()
     normalized = np.asarray(

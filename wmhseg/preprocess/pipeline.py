@@ -66,6 +66,7 @@ def preprocess_scan(
     brain_mask: npt.NDArray[np.bool_] | None = None,
     source: str | None = None,
     detect_skull_stripped: bool = False,
+    white_matter: npt.NDArray[np.bool_] | None = None,
 ) -> ScanResult:
     """Run N4, skull stripping and WhiteStripe on one scan; the result stays on its grid.
 
@@ -74,7 +75,8 @@ def preprocess_scan(
     non-zero voxels, holes filled (the image is already stripped). ``detect_skull_stripped``
     reuses the skull-stripping mask to test whether the input was stripped already
     (:func:`skullstrip.looks_skull_stripped`). If it was, the input's own non-zero region is
-    the brain mask. ``source`` names the file in errors.
+    the brain mask. ``source`` names the file in errors. ``white_matter`` is where
+    WhiteStripe looks for the white-matter mode (see :func:`whitestripe.white_matter_mode`).
     """
     skip = check_skip(skip)
     stages_run: list[str] = []
@@ -112,7 +114,9 @@ def preprocess_scan(
 
     if "whitestripe" not in skip:
         start = time.perf_counter()
-        current = whitestripe.whitestripe_normalize(current, mask, modality=modality)
+        current = whitestripe.whitestripe_normalize(
+            current, mask, modality=modality, white_matter=white_matter
+        )
         timings["whitestripe"] = time.perf_counter() - start
         stages_run.append("whitestripe")
     else:
@@ -262,7 +266,7 @@ def _parameters(skip: frozenset[str], skullstrip_method: str) -> dict[str, Any]:
             "iterations": list(n4.ITERATIONS),
             "mask": "head (Otsu)",
         },
-        "whitestripe": {"width": 0.05},
+        "whitestripe": {"width": 0.05, "white_matter": "registered T1 if given"},
     }
 
 
@@ -389,7 +393,15 @@ def preprocess_subject(
             ),
         )
 
-    # 4. WhiteStripe, then write.
+    # 4. WhiteStripe, then write. With a T1, both scans take their white-matter mode inside
+    # the T1's white matter: on FLAIR grey and white matter overlap too much to find it alone.
+    white_matter = None
+    if t1_on_reference is not None and "whitestripe" not in skip:
+        white_matter = whitestripe.white_matter_estimate(
+            np.asarray(t1_on_reference.dataobj, dtype=np.float32),
+            brain,
+            spacing=tuple(float(size) for size in reference.header.get_zooms()[:3]),
+        )
     outputs: dict[str, Path] = {}
     for name, image in (("T1", t1_on_reference), ("FLAIR", flair_n4)):
         if image is None:
@@ -399,6 +411,7 @@ def preprocess_subject(
             modality=name.lower(),  # type: ignore[arg-type]
             skip=skip | {"n4", "skullstrip"},
             brain_mask=brain,
+            white_matter=white_matter,
         )
         timings["whitestripe"] = timings.get("whitestripe", 0.0) + scan.timings_s.get(
             "whitestripe", 0.0
