@@ -121,6 +121,70 @@ def test_existing_outputs_need_overwrite(tmp_path: Path) -> None:
         )
 
 
+def test_cli_rerun_says_up_to_date(run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    flair = _stripped_flair(tmp_path / "FLAIR.nii.gz")
+    arguments = (
+        "preprocess",
+        "--flair",
+        flair,
+        "--out",
+        tmp_path / "out",
+        "--skip",
+        "n4,skullstrip",
+    )
+    first = run_cli(*arguments)
+    assert first.exit_code == 0
+    assert "up to date" not in first.output
+
+    second = run_cli(*arguments)
+    assert second.exit_code == 0
+    assert "1 already up to date" in second.output
+
+
+def test_provenance_records_command_and_rule(
+    run_cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    import json
+
+    flair = _stripped_flair(tmp_path / "FLAIR.nii.gz")
+    result = run_cli(
+        "preprocess", "--flair", flair, "--subject", "s1", "--out", tmp_path / "out",
+        "--skip", "n4,skullstrip",
+    )  # fmt: skip
+    assert result.exit_code == 0
+    provenance = json.loads((tmp_path / "out" / "s1" / "provenance.json").read_text())
+    assert provenance["command"].startswith("wmhseg ")
+    rule = provenance["parameters"]["whitestripe"]["white_matter_mode_from"]
+    assert rule == "FLAIR Gaussian mixture"
+
+
+def test_corrupt_provenance_needs_overwrite(tmp_path: Path) -> None:
+    from wmhseg.errors import OutputError
+
+    inputs = SubjectInputs("s1", flair=_stripped_flair(tmp_path / "FLAIR.nii.gz"))
+    skip = frozenset({"n4", "skullstrip"})
+    preprocess_subject(inputs, tmp_path / "out", skip=skip, write_qc=False)
+    provenance = tmp_path / "out" / "s1" / "provenance.json"
+    provenance.write_text("{garbage")
+
+    with pytest.raises(OutputError, match=r"provenance\.json: cannot be read"):
+        preprocess_subject(inputs, tmp_path / "out", skip=skip, write_qc=False)
+    again = preprocess_subject(inputs, tmp_path / "out", skip=skip, overwrite=True, write_qc=False)
+    assert not again.up_to_date
+    assert provenance.read_text().startswith("{\n")
+
+
+def test_cli_unknown_skullstrip_method(run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    flair = _stripped_flair(tmp_path / "FLAIR.nii.gz")
+    result = run_cli(
+        "preprocess", "--flair", flair, "--subject", "s1", "--out", tmp_path / "out",
+        "--skullstrip-method", "bet",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "deepbet" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_t1_only_real_scan(shared_data: Path, tmp_path: Path) -> None:
     path = shared_data / "open_ms_data_longitudinal_raw" / "patient01" / "study1_T1W.nii.gz"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +15,12 @@ from rich.table import Table
 from wmhseg import io
 from wmhseg.cli.app import app, console, handle_errors
 from wmhseg.errors import InputImageError, PreprocessingError
+
+
+class SkullstripMethod(StrEnum):
+    """Skull-stripping methods that ``--skullstrip-method`` accepts."""
+
+    DEEPBET = "deepbet"
 
 
 @app.command()
@@ -45,8 +54,9 @@ def preprocess(
         ),
     ] = "",
     skullstrip_method: Annotated[
-        str, typer.Option("--skullstrip-method", help="Skull-stripping method.")
-    ] = "deepbet",
+        SkullstripMethod,
+        typer.Option("--skullstrip-method", help="Skull-stripping method."),
+    ] = SkullstripMethod.DEEPBET,
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, help="Subjects processed in parallel.")
     ] = 1,
@@ -82,10 +92,11 @@ def preprocess(
 
     options: dict[str, object] = {
         "skip": stages,
-        "skullstrip_method": skullstrip_method,
+        "skullstrip_method": skullstrip_method.value,
         "overwrite": overwrite,
         "use_cache": not no_cache,
         "allow_qform": use_qform,
+        "command": shlex.join(["wmhseg", *sys.argv[1:]]),
     }
     progress = Progress(
         TextColumn("[bold]preprocess"),
@@ -99,19 +110,29 @@ def preprocess(
         task = progress.add_task("", total=len(subjects))
 
         def done(outcome: Outcome) -> None:
-            state = "failed" if outcome.error else "done"
+            if outcome.error:
+                state = "failed"
+            elif outcome.result is not None and outcome.result.up_to_date:
+                state = "up to date"
+            else:
+                state = "done"
             progress.update(task, advance=1, description=f"{outcome.subject} {state}")
 
         outcomes = run_subjects(subjects, out, jobs=jobs, options=options, on_done=done)
 
     failures = [outcome for outcome in outcomes if outcome.error]
-    console.print(
-        f"Preprocessed {len(outcomes) - len(failures)} of {len(outcomes)} subjects into {out}"
+    unchanged = sum(
+        1 for outcome in outcomes if outcome.result is not None and outcome.result.up_to_date
     )
+    summary = f"Preprocessed {len(outcomes) - len(failures)} of {len(outcomes)} subjects into {out}"
+    if unchanged:
+        # Up-to-date subjects were made earlier from the same inputs and parameters.
+        summary += f" ({unchanged} already up to date, not recomputed)"
+    console.print(summary)
     if failures:
         table = Table(title="Failed subjects")
-        table.add_column("subject")
-        table.add_column("reason")
+        table.add_column("subject", overflow="fold")
+        table.add_column("reason", overflow="fold")
         for outcome in failures:
             table.add_row(outcome.subject, outcome.error or "")
         console.print(table)

@@ -256,7 +256,8 @@ def _load_label_on_grid(
     return np.rint(np.asarray(resampled.dataobj)).astype(np.uint8)
 
 
-def _parameters(skip: frozenset[str], skullstrip_method: str) -> dict[str, Any]:
+def _parameters(skip: frozenset[str], skullstrip_method: str, *, has_t1: bool) -> dict[str, Any]:
+    white_matter = "T1 white-matter estimate" if has_t1 else "FLAIR Gaussian mixture"
     return {
         "skip": sorted(skip),
         "skullstrip_method": skullstrip_method,
@@ -266,7 +267,7 @@ def _parameters(skip: frozenset[str], skullstrip_method: str) -> dict[str, Any]:
             "iterations": list(n4.ITERATIONS),
             "mask": "head (Otsu)",
         },
-        "whitestripe": {"width": 0.05, "white_matter": "registered T1 if given"},
+        "whitestripe": {"width": 0.05, "white_matter_mode_from": white_matter},
     }
 
 
@@ -280,6 +281,7 @@ def preprocess_subject(
     use_cache: bool = True,
     write_qc: bool = True,
     allow_qform: bool = False,
+    command: str | None = None,
 ) -> SubjectResult:
     """Preprocess one subject into ``out_root/<subject>/``.
 
@@ -287,6 +289,7 @@ def preprocess_subject(
     different existing outputs need ``overwrite``. Intermediate stage results are cached in
     ``.wmhseg_cache`` inside the subject folder, so changing a late stage's parameters does
     not rerun the early ones. ``allow_qform`` uses the qform of images whose sform is sheared.
+    ``command`` is recorded in ``provenance.json``.
     """
     skip = check_skip(skip)
     # Each input is read and validated before it is hashed, so that a folder, a DICOM file or
@@ -296,7 +299,7 @@ def preprocess_subject(
     if inputs.wmh is not None:
         io.load_label(inputs.wmh)
     out_dir = io.prepare_output_dir(Path(out_root) / inputs.subject)
-    parameters = _parameters(skip, skullstrip_method)
+    parameters = _parameters(skip, skullstrip_method, has_t1=t1 is not None)
     parameters["allow_qform"] = allow_qform
     sources = {
         name: p
@@ -309,7 +312,17 @@ def preprocess_subject(
     result = SubjectResult(subject=inputs.subject, out_dir=out_dir)
     provenance_path = out_dir / "provenance.json"
     if provenance_path.exists():
-        previous = json.loads(provenance_path.read_text())
+        try:
+            previous = json.loads(provenance_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            if not overwrite:
+                raise OutputError(
+                    f"{provenance_path}: cannot be read ({error}); pass --overwrite to "
+                    "preprocess this subject again."
+                ) from error
+            previous = {}
+        if not isinstance(previous, dict):
+            previous = {}
         if previous.get("run_key") == run_key and all(
             (out_dir / name).exists() for name in previous.get("outputs", [])
         ):
@@ -442,6 +455,7 @@ def preprocess_subject(
 
     provenance = build_provenance(
         subject=inputs.subject,
+        command=command,
         sources={name: str(p) for name, p in sources.items()},
         checksums=checksums,
         parameters=parameters,
