@@ -382,6 +382,16 @@ def test_predict_dicom_stops(tmp_path: Path, run_cli: CliRunnerCall, tiny_checkp
     assert_failed(result, 1, DICOM_MESSAGE)
 
 
+def test_predict_folder_without_modality(
+    tmp_path: Path, run_cli: CliRunnerCall, tiny_checkpoint: Path
+) -> None:
+    # The folder's name tells no modality; the folder, not the modality, is what is wrong.
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    result = run_cli("predict", folder, "--model", tiny_checkpoint, "--out", tmp_path / "out")
+    assert_failed(result, 1, str(folder), "this is a folder, not a NIfTI file")
+
+
 # --------------------------------------------------------------------------------------------
 # Unwritable output
 # --------------------------------------------------------------------------------------------

@@ -353,6 +353,8 @@ def predict_image(
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
+    # A folder or a missing file gets its own message before the name is parsed for a modality.
+    io.check_image_path(path)
     modality, modality_source = infer_modality(path, options.modality)
     paths = check_outputs(path, out, options, inputs=inputs)
 
@@ -616,8 +618,14 @@ def predict_images(
             result = predict_image(path, predictor, out, options, inputs=paths)
             batch.results.append(result)
         except WmhsegError as error:
-            logger.error("%s: prediction failed: %s", path, error)
-            batch.failures.append((path, str(error)))
+            message = str(error)
+            # Most messages start with the file already; the traceback is for --debug.
+            debug = logger.isEnabledFor(logging.DEBUG)
+            if str(path) in message:
+                logger.error("prediction failed: %s", message, exc_info=debug)
+            else:
+                logger.error("%s: prediction failed: %s", path, message, exc_info=debug)
+            batch.failures.append((path, message))
         except Exception as error:  # one image's bug must not lose the other images' results
             # The traceback is for bug reports, so it is shown only with debug logging (--debug).
             logger.error(

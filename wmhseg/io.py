@@ -144,6 +144,15 @@ def _reject_other_formats(path: Path, raw: bytes) -> None:
         )
 
 
+def check_image_path(path: PathLike) -> None:
+    """Raise :class:`InputImageError` if ``path`` is missing or a folder (DICOM or not)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(path, "file not found. Check the path and its spelling.")
+    if path.is_dir():
+        _reject_folder(path)
+
+
 def read_nifti_bytes(path: PathLike) -> bytes:
     """Read a NIfTI file into uncompressed bytes, deciding gzip or plain by content.
 
@@ -155,10 +164,7 @@ def read_nifti_bytes(path: PathLike) -> bytes:
             corrupt.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputImageError(path, "file not found. Check the path and its spelling.")
-    if path.is_dir():
-        _reject_folder(path)
+    check_image_path(path)
 
     try:
         raw = path.read_bytes()
@@ -183,8 +189,9 @@ def read_nifti_bytes(path: PathLike) -> bytes:
     if not (is_nifti1 or is_nifti2):
         raise InputImageError(
             path,
-            "not a NIfTI-1 or NIfTI-2 file (no NIfTI magic in the header). "
-            "Convert the image to .nii.gz first.",
+            "not a NIfTI-1 or NIfTI-2 file (no NIfTI magic in the header), whatever its "
+            "extension. Check that it is the image you meant, or convert the image to NIfTI "
+            "(for example with dcm2niix).",
         )
     if raw[344:348] == b"ni1\x00":
         raise InputImageError(

@@ -16,8 +16,9 @@ from wmhseg.errors import InputImageError
 
 def _failure_table(failures: list[tuple[Path, str]]) -> Table:
     table = Table(title=f"{len(failures)} image(s) failed", title_style="bold red")
-    table.add_column("image")
-    table.add_column("error")
+    # Folded, not cut with an ellipsis: the whole path tells which file failed.
+    table.add_column("image", overflow="fold")
+    table.add_column("error", overflow="fold")
     for path, message in failures:
         table.add_row(str(path), message)
     return table
