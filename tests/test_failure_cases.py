@@ -385,7 +385,7 @@ def test_predict_dicom_stops(tmp_path: Path, run_cli: CliRunnerCall, tiny_checkp
 def test_predict_folder_without_modality(
     tmp_path: Path, run_cli: CliRunnerCall, tiny_checkpoint: Path
 ) -> None:
-    # The folder's name tells no modality; the folder, not the modality, is what is wrong.
+    # The folder's name gives no modality, but the error must be about the folder.
     folder = tmp_path / "scans"
     folder.mkdir()
     result = run_cli("predict", folder, "--model", tiny_checkpoint, "--out", tmp_path / "out")

@@ -104,8 +104,8 @@ def test_white_matter_estimate_finds_brightest_tissue() -> None:
 
 def test_whitestripe_centres_inside_given_white_matter() -> None:
     image, brain, white = _flair_phantom()
-    # A white-matter mask that holds only the brighter half of the white matter moves the
-    # mode up; the result must follow the mask it is given.
+    # A mask of only the brighter half of the white matter moves the mode up, so the result
+    # must follow the mask it is given.
     data = np.asarray(image.dataobj)
     upper = white & (data > 260.0)
     for mask in (white, upper):

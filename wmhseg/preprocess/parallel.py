@@ -51,7 +51,7 @@ def _run_one(
     try:
         return Outcome(inputs.subject, result=preprocess_subject(inputs, out_root, **options))  # type: ignore[arg-type]
     except WmhsegError as error:
-        # The message is the user's answer; the traceback is for --debug.
+        # The message goes to the user, and the traceback only to --debug logging.
         logger.debug("subject %s failed", inputs.subject, exc_info=True)
         return Outcome(inputs.subject, error=str(error))
     except Exception as error:  # one subject's unexpected failure must not stop the others
