@@ -112,7 +112,7 @@ def preprocess(
         def done(outcome: Outcome) -> None:
             if outcome.error:
                 state = "failed"
-            elif outcome.result is not None and outcome.result.up_to_date:
+            elif outcome.up_to_date:
                 state = "up to date"
             else:
                 state = "done"
@@ -121,12 +121,9 @@ def preprocess(
         outcomes = run_subjects(subjects, out, jobs=jobs, options=options, on_done=done)
 
     failures = [outcome for outcome in outcomes if outcome.error]
-    unchanged = sum(
-        1 for outcome in outcomes if outcome.result is not None and outcome.result.up_to_date
-    )
+    unchanged = sum(1 for outcome in outcomes if outcome.up_to_date)
     summary = f"Preprocessed {len(outcomes) - len(failures)} of {len(outcomes)} subjects into {out}"
     if unchanged:
-        # Up-to-date subjects were made earlier from the same inputs and parameters.
         summary += f" ({unchanged} already up to date, not recomputed)"
     console.print(summary)
     if failures:

@@ -42,6 +42,11 @@ class Outcome:
     result: SubjectResult | None = None
     error: str | None = None
 
+    @property
+    def up_to_date(self) -> bool:
+        """Whether the subject's outputs were already made from the same inputs and parameters."""
+        return self.result is not None and self.result.up_to_date
+
 
 def _run_one(
     inputs: SubjectInputs, out_root: Path, options: dict[str, object], threads: int | None
