@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -175,32 +176,37 @@ def run_cli_subject_to_permissions(*arguments: str | Path) -> subprocess.Complet
         pytest.skip(f"running as root and cannot drop CAP_DAC_OVERRIDE ({error})")
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Write a checkpoint of a 2-channel U-Net with random weights (for fast CLI runs)."""
+def checkpoint_payload(*, width: int, training: dict[str, Any]) -> dict[str, Any]:
+    """Return the checkpoint payload of a depth-2 U-Net with seeded random weights."""
     import torch
 
     from wmhseg import checkpoint
     from wmhseg.models import build_model
 
     torch.manual_seed(0)
-    kwargs = {"width": 2, "depth": 2}
+    kwargs = {"width": width, "depth": 2}
     model = build_model("unet", **kwargs)
+    return {
+        "format_version": checkpoint.FORMAT_VERSION,
+        "model_name": "unet",
+        "model_kwargs": kwargs,
+        "model_state": model.state_dict(),
+        "size_divisor": 4,
+        "threshold": 0.5,
+        "in_plane_spacing_mm": 1.0,
+        "wmhseg_version": "test",
+        "training": training,
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Write a checkpoint of a 2-channel U-Net with random weights (for fast CLI runs)."""
+    from wmhseg import checkpoint
+
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    checkpoint.save_checkpoint(
-        {
-            "format_version": checkpoint.FORMAT_VERSION,
-            "model_name": "unet",
-            "model_kwargs": kwargs,
-            "model_state": model.state_dict(),
-            "size_divisor": 4,
-            "threshold": 0.5,
-            "in_plane_spacing_mm": 1.0,
-            "wmhseg_version": "test",
-            "training": {"command": "none: random weights for tests"},
-        },
-        path,
-    )
+    payload = checkpoint_payload(width=2, training={"command": "none: random weights for tests"})
+    checkpoint.save_checkpoint(payload, path)
     return path
 
 

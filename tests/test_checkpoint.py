@@ -7,26 +7,16 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import checkpoint_payload
 
 from wmhseg import checkpoint
 from wmhseg.errors import ModelError
-from wmhseg.models import build_model
 
 
 def _payload() -> dict[str, Any]:
-    torch.manual_seed(0)
-    kwargs = {"width": 4, "depth": 2}
-    model = build_model("unet", **kwargs)
+    training = {"command": "test", "validation_dice": {"FLAIR": 0.5}}
     return {
-        "format_version": checkpoint.FORMAT_VERSION,
-        "model_name": "unet",
-        "model_kwargs": kwargs,
-        "model_state": model.state_dict(),
-        "size_divisor": 4,
-        "threshold": 0.5,
-        "in_plane_spacing_mm": 1.0,
-        "wmhseg_version": "test",
-        "training": {"command": "test", "validation_dice": {"FLAIR": 0.5}},
+        **checkpoint_payload(width=4, training=training),
         "optimizer_state": {"state": {}, "param_groups": []},
     }
 
