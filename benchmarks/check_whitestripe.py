@@ -1,4 +1,4 @@
-"""Where white matter and lesions land after WhiteStripe, on the shared real scans.
+"""White-matter mode and lesion median after WhiteStripe, on the shared real scans.
 
 Usage: python benchmarks/check_whitestripe.py [DATA_DIR]  (default ../shared/data)
 

@@ -619,7 +619,8 @@ def predict_images(
             batch.results.append(result)
         except WmhsegError as error:
             message = str(error)
-            # Most messages start with the file already; the traceback is for --debug.
+            # Most messages name the file already, so it is not repeated. The traceback is for
+            # --debug.
             debug = logger.isEnabledFor(logging.DEBUG)
             if str(path) in message:
                 logger.error("prediction failed: %s", message, exc_info=debug)

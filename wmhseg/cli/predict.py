@@ -16,7 +16,7 @@ from wmhseg.errors import InputImageError
 
 def _failure_table(failures: list[tuple[Path, str]]) -> Table:
     table = Table(title=f"{len(failures)} image(s) failed", title_style="bold red")
-    # Folded, not cut with an ellipsis: the whole path tells which file failed.
+    # Long paths are folded, not cut with an ellipsis, so the user sees which file failed.
     table.add_column("image", overflow="fold")
     table.add_column("error", overflow="fold")
     for path, message in failures:

@@ -407,7 +407,7 @@ def preprocess_subject(
         )
 
     # 4. WhiteStripe, then write. With a T1, both scans take their white-matter mode inside
-    # the T1's white matter: on FLAIR grey and white matter overlap too much to find it alone.
+    # the T1's white matter, because on FLAIR grey and white matter overlap too much.
     white_matter = None
     if t1_on_reference is not None and "whitestripe" not in skip:
         white_matter = whitestripe.white_matter_estimate(

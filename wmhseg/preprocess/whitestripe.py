@@ -3,9 +3,9 @@
 WhiteStripe (Shinohara et al., NeuroImage: Clinical 2014) finds normal-appearing white matter as
 the voxels within ±``width`` quantile of the white-matter mode of the brain histogram, and
 rescales the image so that those voxels have mean 0 and s.d. 1. wmhseg keeps the stripe's s.d.
-as the unit but subtracts the white-matter mode instead of the stripe's mean: on FLAIR, grey
-matter just above white matter skews the stripe, and its mean sat up to 0.4 stripe s.d.s
-away from the mode.
+as the unit but subtracts the white-matter mode instead of the stripe's mean. On FLAIR, grey
+matter just above white matter skews the stripe, so its mean sat up to 0.4 stripe s.d.s away
+from the mode.
 
 The package's own mode finders miss white matter on real scans. Its KDE is evaluated on 80
 points between the minimum and maximum, coarser than the stripe's s.d. Its FLAIR rule takes
@@ -80,7 +80,7 @@ def white_matter_estimate(
 
     White matter is the brightest tissue on T1, so it is the top class of a 3-class Otsu
     split. The split runs on a copy smoothed inside the mask (2 mm) so that the class is
-    spatially coherent, and the class is eroded by one voxel in 3D to drop grey/white partial
+    spatially coherent. The class is then eroded by one voxel in 3D to drop grey/white partial
     volume, which on 3–4 mm slices lies mostly through-plane. If erosion leaves fewer than
     ``MIN_MASK_VOXELS`` voxels, the class is returned uneroded.
     """
